@@ -1,0 +1,265 @@
+"""Counter languages: a template of symbol blocks whose lengths are multiples of latent counts.
+
+``a^n b^n`` is ``blocks=[("a", 1, "n"), ("b", 1, "n")]`` with a prior over ``n``; ``b a^(2n)`` is
+``[("b", 1, None), ("a", 2, "n")]`` (a block with no variable has a fixed length). Strings and
+latent assignments are in bijection, so every quantity is a closed form in the priors:
+P(prefix) is the prior mass of the counts consistent with the prefix, which is an interval per
+variable (for a^n b^n after a^j: n >= j; p(b | a^j) = P(n = j) / P(n >= j)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+
+from formal_lm.errors import FormalLMError, GrammarError, Problem, raise_if
+from formal_lm.language import Language, LengthStats
+from formal_lm.priors import Prior
+from formal_lm.rules import Rule
+from formal_lm.vocab import EOS_ID, check_symbols
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    symbol: str
+    coef: int  # the block has coef * var symbols, or coef symbols when var is None
+    var: str | None = None
+
+
+# A parse state: (block index, length of the run inside that block, constraints per variable).
+# Constraints are closed intervals (lo, hi) over the counts; hi may be math.inf.
+_State = tuple[int, int, tuple[tuple[float, float], ...]]
+
+
+class CounterLanguage(Language):
+    """Blocks of repeated symbols whose lengths are tied together by latent counts.
+
+    Example:
+        >>> from formal_lm.priors import Uniform
+        >>> lang = CounterLanguage("anbn", [Block("a", 1, "n"), Block("b", 1, "n")],
+        ...                        {"n": Uniform(1, 4)})
+        >>> round(lang.prob("aabb"), 6), lang.accepts("aab")
+        (0.25, False)
+    """
+
+    def __init__(self, name: str, blocks, priors: dict[str, Prior], *, rules: tuple[Rule, ...] = (),
+                 alphabet: tuple[str, ...] | None = None, description: str = ""):
+        self.name, self.description = name, description
+        self.blocks = tuple(Block(*b) if not isinstance(b, Block) else b for b in blocks)
+        self.priors = dict(priors)
+        self.vars = tuple(self.priors)
+        seen = []
+        for b in self.blocks:
+            if b.symbol not in seen:
+                seen.append(b.symbol)
+        self.alphabet = tuple(alphabet) if alphabet is not None else tuple(seen)
+        self.rules = tuple(rules)
+        raise_if(self._problems())
+        self._var_index = {v: i for i, v in enumerate(self.vars)}
+        self._start: _State = (0, 0, tuple((0.0, math.inf) for _ in self.vars))
+
+    def _problems(self) -> list[Problem]:
+        out = check_symbols(self.alphabet)
+        if not self.blocks:
+            out.append(Problem("the template has no blocks", "list blocks such as ['a', 'n']"))
+        for i, b in enumerate(self.blocks):
+            if b.symbol not in self.alphabet:
+                out.append(Problem(f"block {i} symbol={b.symbol!r} is not in the alphabet "
+                                   f"{self.alphabet}", "add it to the alphabet"))
+            if not isinstance(b.coef, int) or b.coef < 1:
+                out.append(Problem(f"block {i} count={b.coef!r} is not a positive integer",
+                                   "write counts as '1', '3', 'n' or '2n'"))
+            if b.var is not None and b.var not in self.priors:
+                out.append(Problem(f"block {i} uses count variable {b.var!r} with no prior",
+                                   f"add a [prior.{b.var}] table"))
+            if i > 0 and self.blocks[i - 1].symbol == b.symbol:
+                out.append(Problem(f"blocks {i - 1} and {i} repeat symbol={b.symbol!r}",
+                                   "merge them into one block"))
+        for v, prior in self.priors.items():
+            out.extend(prior.problems())
+            if not any(b.var == v for b in self.blocks):
+                out.append(Problem(f"count variable {v!r} has a prior but no block uses it",
+                                   "remove the prior or use the variable in a block"))
+        for i in range(1, len(self.blocks) - 1):  # an empty block between equal symbols is ambiguous
+            b = self.blocks[i]
+            if b.var is not None and b.var in self.priors and self.priors[b.var].min == 0 and \
+                    self.blocks[i - 1].symbol == self.blocks[i + 1].symbol:
+                out.append(Problem(f"block {i} ({b.symbol}) can be empty between two "
+                                   f"{self.blocks[i - 1].symbol!r} blocks, so strings do not "
+                                   "determine the counts", f"give {b.var!r} a prior with min >= 1"))
+        for r in self.rules:
+            for s in r.symbols_used():
+                if s not in self.alphabet:
+                    out.append(Problem(f"rule {r.name} names symbol={s!r} outside the alphabet",
+                                       "use the alphabet's symbols"))
+        return out
+
+    # ----- parsing a prefix into count constraints --------------------------------------------
+    def _pin(self, cons, block: Block, count: int):
+        """Constraints after a finished block of ``count`` symbols, or None if impossible."""
+        if block.var is None:
+            return cons if count == block.coef else None
+        if count % block.coef:
+            return None
+        return self._meet(cons, block.var, count // block.coef, count // block.coef)
+
+    def _meet(self, cons, var, lo, hi):
+        i = self._var_index[var]
+        lo, hi = max(cons[i][0], lo), min(cons[i][1], hi)
+        if lo > hi:
+            return None
+        return cons[:i] + ((lo, hi),) + cons[i + 1:]
+
+    def _advance(self, state: _State, sym: str) -> _State | None:
+        i, r, cons = state
+        if r > 0 and self.blocks[i].symbol == sym:
+            b = self.blocks[i]
+            return (i, r + 1, cons) if (b.var is not None or r + 1 <= b.coef) else None
+        if r > 0:
+            cons = self._pin(cons, self.blocks[i], r)
+            i += 1
+        for j in range(i, len(self.blocks)):
+            if cons is None:
+                return None
+            b = self.blocks[j]
+            if b.symbol == sym:
+                return (j, 1, cons)
+            cons = None if b.var is None else self._meet(cons, b.var, 0, 0)  # block j is empty
+        return None
+
+    def _open_constraints(self, state: _State):
+        """Constraints of every string that continues the prefix."""
+        i, r, cons = state
+        if r == 0:
+            return cons
+        b = self.blocks[i]
+        return cons if b.var is None else self._meet(cons, b.var, -(-r // b.coef), math.inf)
+
+    def _final_constraints(self, state: _State):
+        """Constraints of the prefix as a whole string."""
+        i, r, cons = state
+        if r > 0:
+            cons = self._pin(cons, self.blocks[i], r)
+            i += 1
+        for b in self.blocks[i:]:
+            if cons is None:
+                return None
+            cons = None if b.var is None else self._meet(cons, b.var, 0, 0)
+        return cons
+
+    def _log_mass(self, cons) -> float:
+        if cons is None:
+            return -math.inf
+        return sum(self.priors[v].log_mass(lo, hi) for v, (lo, hi) in zip(self.vars, cons))
+
+    def _parse(self, s):
+        state = self._start
+        for sym in s:
+            state = self._advance(state, sym)
+            if state is None:
+                return None
+        return state
+
+    # ----- Language primitives --------------------------------------------------------------------
+    def log_prob(self, s) -> float:
+        state = self._parse(self._s(s))
+        return -math.inf if state is None else self._log_mass(self._final_constraints(state))
+
+    def prefix_log_prob(self, p) -> float:
+        state = self._parse(self._s(p))
+        return -math.inf if state is None else self._log_mass(self._open_constraints(state))
+
+    def next_token_table(self, s) -> np.ndarray:
+        s = self._s(s)
+        out = np.zeros((len(s) + 1, self.vocab.size))
+        state = self._start
+        for t in range(len(s) + 1):
+            lp = self._log_mass(self._open_constraints(state))
+            if lp == -math.inf:
+                break
+            out[t, EOS_ID] = math.exp(self._log_mass(self._final_constraints(state)) - lp)
+            for k, sym in enumerate(self.alphabet):
+                nxt = self._advance(state, sym)
+                if nxt is not None:
+                    out[t, k + 3] = math.exp(self._log_mass(self._open_constraints(nxt)) - lp)
+            if t < len(s):
+                state = self._advance(state, s[t])
+                if state is None:
+                    break
+        return out
+
+    def _string(self, counts: dict[str, int]) -> tuple[str, ...]:
+        out = []
+        for b in self.blocks:
+            out.extend([b.symbol] * (b.coef * (counts[b.var] if b.var else 1)))
+        return tuple(out)
+
+    def _length_of(self, counts) -> int:
+        return sum(b.coef * (counts[b.var] if b.var else 1) for b in self.blocks)
+
+    def _per_var_coef(self):
+        return {v: sum(b.coef for b in self.blocks if b.var == v) for v in self.vars}
+
+    def _fixed_length(self) -> int:
+        return sum(b.coef for b in self.blocks if b.var is None)
+
+    def _assignments(self, max_length: int):
+        """Every assignment of counts whose string is at most ``max_length`` long, with its log prob."""
+        coef, budget = self._per_var_coef(), max_length - self._fixed_length()
+        ranges = []
+        for v in self.vars:
+            pr = self.priors[v]
+            top = budget // coef[v]
+            if pr.support_max is not None:
+                top = min(top, pr.support_max)
+            ranges.append(range(pr.min, top + 1))
+        for values in itertools.product(*ranges):
+            if sum(coef[v] * x for v, x in zip(self.vars, values)) <= budget:
+                counts = dict(zip(self.vars, values))
+                lp = sum(float(self.priors[v].log_pmf(x)) for v, x in counts.items())
+                yield counts, lp
+
+    def sample(self, n: int, *, seed: int = 0, length: int | None = None):
+        rng = np.random.default_rng(seed)
+        if length is None:
+            draws = {v: self.priors[v].sample(rng, n) for v in self.vars}
+            return [self._string({v: int(draws[v][i]) for v in self.vars}) for i in range(n)]
+        cands = [(c, lp) for c, lp in self._assignments(length) if self._length_of(c) == length]
+        if not cands:
+            raise FormalLMError(Problem(f"{self.name!r} has no strings of length={length}",
+                                        "pick a length with P(|s| = length) > 0 "
+                                        "(see lang.length_distribution)"))
+        lps = np.array([lp for _, lp in cands])
+        w = np.exp(lps - lps.max())
+        idx = rng.choice(len(cands), size=n, p=w / w.sum())
+        return [self._string(cands[i][0]) for i in idx]
+
+    def entropy(self) -> float:
+        return sum(p.entropy() for p in self.priors.values())  # strings <-> counts is a bijection
+
+    def expected_length(self) -> float:
+        coef = self._per_var_coef()
+        return self._fixed_length() + sum(coef[v] * self.priors[v].mean() for v in self.vars)
+
+    def length_stats(self, max_length: int) -> LengthStats:
+        prob = np.zeros(max_length + 1)
+        surprisal, eos = np.zeros(max_length + 1), np.zeros(max_length + 1)
+        for counts, lp in self._assignments(max_length):
+            if lp == -math.inf:
+                continue
+            s, L = self._string(counts), self._length_of(counts)
+            p = math.exp(lp)
+            prob[L] += p
+            surprisal[L] -= p * lp
+            eos[L] -= p * (lp - self.prefix_log_prob(s))
+        return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+
+    def matches_template(self, s) -> bool:
+        """Is ``s`` of the template's shape for SOME counts (ignoring the priors' support)?"""
+        state = self._parse(self._s(s))
+        if state is None:
+            return False
+        cons = self._final_constraints(state)
+        return cons is not None and all(lo <= hi for lo, hi in cons)

@@ -1,0 +1,229 @@
+"""The one interface every language implements, and what follows from it generically.
+
+A family (PFSA, PCFG, counter, Dyck) implements a handful of exact primitives:
+
+- ``log_prob(s)`` and ``prefix_log_prob(p)`` (natural log; ``-inf`` when impossible),
+- ``sample(n, seed=..., length=...)``,
+- ``entropy()`` and ``expected_length()``,
+- ``length_stats(max_length)``: per length L, P(|s| = L), E[-ln p(s); |s| = L] and
+  E[-ln p(EOS | s); |s| = L] (``None`` for what a family cannot compute exactly).
+
+Everything else (next-token distributions, batched next-token tables, membership, the optimal
+training loss, length distributions) is derived here, and families override only for speed.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from formal_lm.errors import FormalLMError, Problem, ZeroProbabilityPrefix
+from formal_lm.rules import Rule
+from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID, String, Vocab
+
+TAIL_TOLERANCE = 1e-13
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthStats:
+    """Exact per-length statistics for lengths 0..max_length (arrays indexed by length).
+
+    ``tail`` is P(|s| > max_length): every sum over these arrays misses at most that mass.
+    """
+
+    prob: np.ndarray
+    surprisal: np.ndarray | None  # E[-ln p(s) ; |s| = L]
+    eos_surprisal: np.ndarray | None  # E[-ln p(EOS | s) ; |s| = L]
+    tail: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LossFloor:
+    """The best achievable next-token cross-entropy on a language, in nats (EOS predicted).
+
+    Attributes:
+        entropy: H(strings), nats per string.
+        tokens_per_string: E[|s|] + 1 (the EOS prediction counted).
+        per_token: entropy / tokens_per_string, the floor of a corpus-level loss (total nats over
+            total predicted tokens); this is what a PAD-masked training loss converges to.
+        per_token_symbols_only: the floor when EOS targets are not scored, or None.
+        per_sequence_mean: E[-ln p(s) / (|s| + 1)], the floor of a loss that averages each
+            sequence's per-token loss first, or None when no exact value is known.
+        bound: an upper bound on the error of the per-sequence figures from truncating lengths.
+    """
+
+    entropy: float
+    tokens_per_string: float
+    per_token: float
+    per_token_symbols_only: float | None
+    per_sequence_mean: float | None
+    bound: float
+
+
+class Language(abc.ABC):
+    """A probability distribution over finite strings, known exactly.
+
+    Strings are tuples of symbols; where every symbol is one character a plain ``str`` works too.
+
+    Example:
+        >>> import formal_lm as fl
+        >>> lang = fl.load("anbn")
+        >>> lang.accepts("aabb"), lang.accepts("abab")
+        (True, False)
+        >>> round(lang.next_token_dist("aab")["b"], 6)
+        1.0
+    """
+
+    name: str
+    alphabet: tuple[str, ...]
+    rules: tuple[Rule, ...] = ()
+    description: str = ""
+    entropy_is_exact: bool = True  # False where only an upper bound is known (ambiguity)
+
+    @property
+    def vocab(self) -> Vocab:
+        v = self.__dict__.get("_vocab")
+        if v is None:
+            v = self.__dict__["_vocab"] = Vocab(tuple(self.alphabet))
+        return v
+
+    def _s(self, s) -> String:
+        return self.vocab.as_string(s)
+
+    # ----- primitives every family implements -------------------------------------------------
+    @abc.abstractmethod
+    def log_prob(self, s) -> float:
+        """Exact ln p(s); ``-inf`` for strings outside the language."""
+
+    @abc.abstractmethod
+    def prefix_log_prob(self, p) -> float:
+        """Exact ln P(a string starts with p)."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, *, seed: int = 0, length: int | None = None) -> list[String]:
+        """``n`` exact samples (optionally conditioned on ``|s| = length``), from ``seed``."""
+
+    @abc.abstractmethod
+    def entropy(self) -> float:
+        """Entropy of the string distribution in nats (an upper bound if not entropy_is_exact)."""
+
+    @abc.abstractmethod
+    def expected_length(self) -> float:
+        """E[|s|], symbols per string (EOS not counted)."""
+
+    @abc.abstractmethod
+    def length_stats(self, max_length: int) -> LengthStats:
+        """Exact per-length statistics up to ``max_length``."""
+
+    # ----- derived ------------------------------------------------------------------------------
+    def prob(self, s) -> float:
+        return math.exp(self.log_prob(s))
+
+    def accepts(self, s) -> bool:
+        """Membership: does the string have positive probability?"""
+        return self.log_prob(s) > -math.inf
+
+    def is_viable(self, p) -> bool:
+        """Can the prefix be completed into a string of the language?"""
+        return self.prefix_log_prob(p) > -math.inf
+
+    def next_token_dist(self, p) -> dict[str, float]:
+        """Exact {symbol: p(symbol | p), EOS: p(EOS | p)}.
+
+        Raises:
+            ZeroProbabilityPrefix: when no string of the language starts with ``p``.
+        """
+        p = self._s(p)
+        row = self.next_token_table(p)[-1]
+        if row.sum() == 0:
+            raise ZeroProbabilityPrefix(Problem(
+                f"prefix={p!r} has probability 0 under {self.name!r}, so it has no next-token "
+                "distribution", "check lang.is_viable(prefix) first"))
+        out = {sym: float(row[i + 3]) for i, sym in enumerate(self.alphabet)}
+        out[EOS] = float(row[EOS_ID])
+        return out
+
+    def next_token_table(self, s) -> np.ndarray:
+        """[len(s) + 1, V] next-token probabilities after each prefix ``s[:t]`` (vocab ids).
+
+        Rows of prefixes with probability 0 are all zero. Families override for speed.
+        """
+        s = self._s(s)
+        out = np.zeros((len(s) + 1, self.vocab.size))
+        for t in range(len(s) + 1):
+            lp = self.prefix_log_prob(s[:t])
+            if lp == -math.inf:
+                break  # every longer prefix is impossible too
+            out[t, EOS_ID] = math.exp(self.log_prob(s[:t]) - lp)
+            for i, sym in enumerate(self.alphabet):
+                out[t, i + 3] = math.exp(self.prefix_log_prob(s[:t] + (sym,)) - lp)
+        return out
+
+    def next_token_probs(self, ids) -> np.ndarray:
+        """Exact next-token probabilities for a batch of token ids: [B, T] -> [B, T, V].
+
+        ``ids[b]`` is ``[BOS, s_1, ..., EOS, PAD, ...]``; ``out[b, t]`` is the distribution of the
+        token after ``ids[b, :t+1]``, aligned with a model's logits. Rows at or after EOS or PAD, and
+        rows of impossible prefixes, are zero.
+        """
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        out = np.zeros((B, T, self.vocab.size))
+        for b in range(B):
+            if T == 0 or ids[b, 0] != BOS_ID:
+                raise FormalLMError(f"row {b} of ids does not start with BOS ({BOS_ID})")
+            row = ids[b, 1:]
+            stop = np.flatnonzero((row == EOS_ID) | (row == PAD_ID))
+            n = int(stop[0]) if len(stop) else T - 1
+            syms = tuple(self.vocab.tokens[i] for i in row[:n])
+            table = self.next_token_table(syms)
+            out[b, : n + 1] = table[: min(n + 1, T)]
+        return out
+
+    def length_distribution(self, max_length: int) -> np.ndarray:
+        """P(|s| = L) for L = 0..max_length."""
+        return self.length_stats(max_length).prob
+
+    def _stats_to_tail(self, limit: int = 20000) -> LengthStats:
+        L = 64
+        while True:
+            st = self.length_stats(L)
+            if st.tail < TAIL_TOLERANCE or L >= limit:
+                return st
+            L = min(2 * L, limit)
+
+    def optimal_loss(self) -> LossFloor:
+        """The exact floor of the next-token training loss (see ``LossFloor``)."""
+        H, EL = self.entropy(), self.expected_length()
+        st = self._stats_to_tail()
+        lengths = np.arange(len(st.prob))
+        symbols_only = per_seq = None
+        if st.eos_surprisal is not None and EL > 0:
+            symbols_only = (H - float(st.eos_surprisal.sum())) / EL
+        if st.surprisal is not None:
+            per_seq = float((st.surprisal / (lengths + 1)).sum())
+        # Truncation: per-sequence averages past max_length are bounded by the whole entropy budget
+        # that remains, so the error is at most what the tail of -ln p(s) carries.
+        bound = st.tail if st.surprisal is None else max(0.0, H - float(st.surprisal.sum()))
+        return LossFloor(H, EL + 1, H / (EL + 1), symbols_only, per_seq, bound)
+
+    def info(self) -> dict:
+        """A summary used by ``formal-lm inspect``."""
+        floor = self.optimal_loss()
+        return {"name": self.name, "family": type(self).__name__, "alphabet": self.alphabet,
+                "rules": [f"{r.name}: {r.description}" for r in self.rules],
+                "entropy_nats": floor.entropy, "entropy_is_exact": self.entropy_is_exact,
+                "expected_length": floor.tokens_per_string - 1, "loss_floor": floor}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, alphabet={self.alphabet})"
+
+
+def enumerate_strings(alphabet: Sequence[str], max_length: int) -> Iterable[String]:
+    """Every string over ``alphabet`` up to ``max_length``, shortest first (brute-force oracle)."""
+    import itertools
+    for L in range(max_length + 1):
+        yield from itertools.product(alphabet, repeat=L)

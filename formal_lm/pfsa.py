@@ -1,0 +1,315 @@
+"""Probabilistic finite-state automata (PFSA); a deterministic one (PDFA) is the common case.
+
+Arrays: ``T[a]`` is the [S, S] matrix of arc probabilities for symbol a, ``rho`` the [S] halting
+probabilities, ``init`` the [S] start distribution; every state's arcs and halting sum to 1.
+M = sum_a T[a]. The automaton is tight (halts with probability 1) iff the spectral radius of M
+is below 1 on the trimmed automaton. Expected state visits are init (I - M)^-1.
+"""
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+
+from formal_lm.errors import FormalLMError, Location, Problem, raise_if
+from formal_lm.language import Language, LengthStats
+from formal_lm.rules import Rule
+from formal_lm.vocab import EOS_ID, check_symbols
+
+_TOL = 1e-9
+
+
+def _xlogx(p):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+class PFSA(Language):
+    """A probabilistic finite-state automaton over an alphabet.
+
+    Args:
+        arcs: ``(source, symbol, target, prob)`` tuples.
+        final: ``{state: halting prob}`` (missing states halt with probability 0).
+        start: the start state (or ``{state: prob}`` for a start distribution).
+        locations: optional ``{arc index or ('final', state): Location}`` for error messages.
+
+    Example:
+        >>> even = PFSA("parity", [("e", "1", "o", 0.5), ("e", "0", "e", 0.25),
+        ...                        ("o", "1", "e", 0.5), ("o", "0", "o", 0.5)],
+        ...             final={"e": 0.25}, start="e", alphabet=("0", "1"))
+        >>> round(even.prob("11"), 6), even.accepts("1")
+        (0.015625, False)
+    """
+
+    def __init__(self, name: str, arcs, final: dict, start, *, alphabet=None,
+                 rules: tuple[Rule, ...] = (), description: str = "", locations=None):
+        self.name, self.description, self.rules = name, description, tuple(rules)
+        arcs = [tuple(a) for a in arcs]
+        locations = locations or {}
+        if alphabet is None:
+            alphabet = tuple(dict.fromkeys(a[1] for a in arcs))
+        self.alphabet = tuple(alphabet)
+        start = {start: 1.0} if not isinstance(start, dict) else dict(start)
+        states = list(dict.fromkeys([*start, *[a[0] for a in arcs], *[a[2] for a in arcs],
+                                     *final]))
+        self.states = tuple(states)
+        idx = {q: i for i, q in enumerate(states)}
+        S, A = len(states), len(self.alphabet)
+        problems = check_symbols(self.alphabet)
+        sym = {s: i for i, s in enumerate(self.alphabet)}
+        T = np.zeros((A, S, S))
+        for k, (q, a, r, p) in enumerate(arcs):
+            loc = locations.get(k)
+            if a not in sym:
+                problems.append(Problem(f"arc {q} {a} {r}: symbol={a!r} is not in the alphabet "
+                                        f"{self.alphabet}", "add it to the alphabet", loc))
+                continue
+            if not (isinstance(p, (int, float)) and 0 < p <= 1):
+                problems.append(Problem(f"arc {q} {a} {r}: prob={p!r} is not in (0, 1]",
+                                        "give each arc a probability in (0, 1]", loc))
+                continue
+            T[sym[a], idx[q], idx[r]] += p
+        rho = np.zeros(S)
+        for q, p in final.items():
+            if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+                problems.append(Problem(f"state {q}: halting prob={p!r} is not in [0, 1]",
+                                        "use a probability", locations.get(("final", q))))
+            else:
+                rho[idx[q]] = p
+        init = np.zeros(S)
+        for q, p in start.items():
+            init[idx[q]] = p
+        if abs(init.sum() - 1) > _TOL:
+            problems.append(Problem(f"start probabilities sum to {init.sum():.6g}, not 1",
+                                    "make the start distribution sum to 1"))
+        out_mass = T.sum(axis=(0, 2)) + rho
+        for i, q in enumerate(states):
+            if abs(out_mass[i] - 1) > _TOL:
+                first = next((k for k, a in enumerate(arcs) if a[0] == q), None)
+                problems.append(Problem(
+                    f"state {q}: arc and halting probabilities sum to {out_mass[i]:.6g}, not 1",
+                    "make each state's outgoing arcs plus its halting probability sum to 1",
+                    locations.get(first) or locations.get(("final", q))))
+        raise_if(problems)
+        self.T, self.rho, self.init = T, rho, init
+        self.M = T.sum(0)
+        self._check_graph(locations)
+        self.deterministic = bool(((T > 0).sum(axis=2) <= 1).all() and (init > 0).sum() == 1)
+        self.entropy_is_exact = self.deterministic
+        with np.errstate(divide="ignore"):
+            self._logT, self._logrho = np.log(T), np.log(rho)
+        self._visits = np.linalg.solve((np.eye(S) - self.M).T, init)  # init (I - M)^-1
+        self._cum = None
+
+    def _check_graph(self, locations):
+        S = len(self.states)
+        g = nx.DiGraph()
+        g.add_nodes_from(range(S))
+        g.add_edges_from(zip(*np.nonzero(self.M)))
+        reach = set().union(*(nx.descendants(g, int(q)) | {int(q)} for q in np.flatnonzero(self.init)))
+        halting = set(np.flatnonzero(self.rho).tolist())
+        coreach = set().union(*(nx.ancestors(g, q) | {q} for q in halting)) if halting else set()
+        problems = []
+        if not reach & halting:
+            problems.append(Problem(f"no string has positive probability in {self.name!r}: no "
+                                    "reachable state halts", "give a reachable state a halting "
+                                    "probability"))
+        for q in sorted(reach - coreach):
+            problems.append(Problem(
+                f"state {self.states[q]} is reachable but can never halt, so probability leaks "
+                "(the automaton is not tight)", "add a path from it to a halting state or remove it",
+                locations.get(("state", self.states[q]))))
+        if not problems:
+            radius = max(abs(np.linalg.eigvals(self.M))) if S else 0.0
+            if radius >= 1 - 1e-12:
+                problems.append(Problem(f"spectral radius of the transition matrix is "
+                                        f"{radius:.6g} >= 1: the automaton is not tight",
+                                        "raise halting probabilities"))
+        raise_if(problems)
+
+    # ----- forward algorithm (scaled) -------------------------------------------------------------
+    def _ids(self, s):
+        sym = {a: i for i, a in enumerate(self.alphabet)}
+        return [sym[x] for x in self._s(s)]
+
+    def _forward(self, ids):
+        """Scaled forward vectors and accumulated log scales after each prefix."""
+        alpha, logscale = self.init.copy(), 0.0
+        out = [(alpha, logscale)]
+        for a in ids:
+            alpha = alpha @ self.T[a]
+            z = alpha.sum()
+            if z == 0:
+                return out, False
+            alpha, logscale = alpha / z, logscale + math.log(z)
+            out.append((alpha, logscale))
+        return out, True
+
+    def log_prob(self, s) -> float:
+        fw, ok = self._forward(self._ids(s))
+        if not ok:
+            return -math.inf
+        alpha, ls = fw[-1]
+        z = alpha @ self.rho
+        return ls + math.log(z) if z > 0 else -math.inf
+
+    def prefix_log_prob(self, p) -> float:
+        fw, ok = self._forward(self._ids(p))
+        return fw[-1][1] if ok else -math.inf  # trimmed and tight: every state halts w.p. 1
+
+    def next_token_table(self, s) -> np.ndarray:
+        ids = self._ids(s)
+        fw, _ = self._forward(ids)
+        out = np.zeros((len(ids) + 1, self.vocab.size))
+        for t, (alpha, _) in enumerate(fw):
+            out[t, EOS_ID] = alpha @ self.rho
+            out[t, 3:] = np.einsum("s,ast->a", alpha, self.T)
+        return out
+
+    def next_token_probs(self, ids) -> np.ndarray:
+        """Vectorised over the batch: a scan of the forward vectors over time."""
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        V = self.vocab.size
+        out = np.zeros((B, T, V))
+        alpha = np.tile(self.init, (B, 1))
+        live = np.ones(B, bool)
+        emit = self.T.sum(axis=2).T  # [S, A]: prob of emitting each symbol from each state
+        for t in range(T):
+            if t > 0:
+                tok = ids[:, t]
+                is_sym = tok >= 3
+                live &= is_sym
+                a = np.where(is_sym, tok - 3, 0)
+                alpha = np.einsum("bs,bst->bt", alpha, self.T[a])
+                z = alpha.sum(1, keepdims=True)
+                live &= z[:, 0] > 0
+                alpha = np.where(z > 0, alpha / np.where(z > 0, z, 1), 0.0)
+            out[:, t, EOS_ID] = alpha @ self.rho
+            out[:, t, 3:] = alpha @ emit
+            out[~live, t] = 0.0
+        return out
+
+    # ----- sampling ---------------------------------------------------------------------------------
+    def sample(self, n: int, *, seed: int = 0, length: int | None = None):
+        rng = np.random.default_rng(seed)
+        S, A = len(self.states), len(self.alphabet)
+        state = rng.choice(S, size=n, p=self.init)
+        out = [[] for _ in range(n)]
+        if length is None:
+            # options per state: A*S arcs then halting, as one cumulative table
+            table = np.concatenate([self.T.transpose(1, 0, 2).reshape(S, A * S), self.rho[:, None]],
+                                   axis=1)
+            cum = np.cumsum(table, axis=1)
+            cum[:, -1] = 1.0 + 1e-12
+            live = np.arange(n)
+            while len(live):
+                u = rng.random(len(live))
+                choice = (cum[state[live]] < u[:, None]).sum(axis=1)
+                halted = choice == A * S
+                for b, c in zip(live[~halted], choice[~halted]):
+                    out[b].append(self.alphabet[c // S])
+                state[live[~halted]] = choice[~halted] % S
+                live = live[~halted]
+            return [tuple(x) for x in out]
+        beta = self._log_backward(length)  # beta[k][q] = ln P(exactly k more symbols, halt | q)
+        start_w = np.log(np.where(self.init > 0, self.init, 1e-300)) + beta[length]
+        if not np.isfinite(start_w).any() or start_w.max() == -np.inf:
+            raise FormalLMError(Problem(f"{self.name!r} has no strings of length={length}",
+                                        "pick a length with P(|s| = length) > 0"))
+        w = np.exp(start_w - start_w.max()) * (self.init > 0)
+        state = rng.choice(S, size=n, p=w / w.sum())
+        for k in range(length, 0, -1):
+            for b in range(n):
+                logw = self._logT[:, state[b], :] + beta[k - 1][None, :]
+                flat = np.exp(logw - logw.max()).ravel()
+                c = rng.choice(A * S, p=flat / flat.sum())
+                out[b].append(self.alphabet[c // S])
+                state[b] = c % S
+        return [tuple(x) for x in out]
+
+    def _log_backward(self, L):
+        beta = [self._logrho.copy()]
+        with np.errstate(divide="ignore"):
+            for _ in range(L):
+                prev = beta[-1]
+                m = np.max(prev[np.isfinite(prev)]) if np.isfinite(prev).any() else 0.0
+                beta.append(np.log(self.M @ np.exp(prev - m)) + m)
+        return beta
+
+    # ----- exact expectations -------------------------------------------------------------------------
+    def entropy(self) -> float:
+        """Exact for a PDFA; for a non-deterministic PFSA the path entropy, an upper bound."""
+        local = -(_xlogx(self.T).sum(axis=(0, 2)) + _xlogx(self.rho))
+        return float(self._visits @ local)
+
+    def expected_length(self) -> float:
+        return float(self._visits @ (1 - self.rho))
+
+    def length_stats(self, max_length: int) -> LengthStats:
+        prob = np.zeros(max_length + 1)
+        surprisal = np.zeros(max_length + 1) if self.deterministic else None
+        eos = np.zeros(max_length + 1) if self.deterministic else None
+        a, b = self.init.copy(), np.zeros(len(self.states))  # mass and mass-weighted surprisal
+        arc_surprisal = -_xlogx(self.T).sum(0)  # [S, S]: sum_a T_a (-ln T_a)
+        halt_surprisal = -_xlogx(self.rho)
+        for L in range(max_length + 1):
+            prob[L] = a @ self.rho
+            if self.deterministic:
+                surprisal[L] = b @ self.rho + a @ halt_surprisal
+                eos[L] = a @ halt_surprisal
+                b = b @ self.M + a @ arc_surprisal
+            a = a @ self.M
+        return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+
+
+def dfa_to_pfsa(name: str, transitions: dict, start, accepting, *, alphabet, stop_prob: float,
+                rules=(), description="", location: Location | None = None) -> PFSA:
+    """A DFA made a distribution: at each state, halt with ``stop_prob`` where accepting and
+    spread the rest uniformly over symbols that can still reach acceptance (dead states trimmed).
+
+    ``transitions`` maps ``(state, symbol) -> state``.
+    """
+    g = nx.DiGraph()
+    g.add_nodes_from({start, *accepting, *[q for q, _ in transitions], *transitions.values()})
+    g.add_edges_from((q, r) for (q, _), r in transitions.items())
+    alive = set().union(*(nx.ancestors(g, q) | {q} for q in accepting)) if accepting else set()
+    if start not in alive:
+        raise FormalLMError(Problem(f"the DFA {name!r} accepts no string", "check accepting states",
+                                    location))
+    if not 0 < stop_prob < 1:
+        raise FormalLMError(Problem(f"stop_prob={stop_prob!r} is not in (0, 1)",
+                                    "use e.g. stop_prob = 0.2", location))
+    arcs, final = [], {}
+    for q in sorted(alive, key=str):
+        outs = [(a, transitions[(q, a)]) for a in alphabet
+                if (q, a) in transitions and transitions[(q, a)] in alive]
+        halt = q in accepting
+        p_halt = (stop_prob if outs else 1.0) if halt else 0.0
+        final[q] = p_halt
+        arcs += [(q, a, r, (1 - p_halt) / len(outs)) for a, r in outs]
+    return PFSA(name, arcs, final, start, alphabet=alphabet, rules=rules, description=description)
+
+
+def random_pdfa(n_states: int, alphabet, *, seed: int = 0, density: float = 1.0,
+                stop_prob: tuple[float, float] = (0.05, 0.3), name: str | None = None) -> PFSA:
+    """A random probabilistic DFA: every state has arcs on about ``density`` of the symbols
+    (at least one; targets uniform), halting probability uniform in ``stop_prob`` and the rest
+    split by a flat Dirichlet. Always tight (every state halts with positive probability).
+    """
+    if n_states < 1 or not alphabet or not 0 < density <= 1:
+        raise FormalLMError(f"random_pdfa needs n_states >= 1, a non-empty alphabet and "
+                            f"0 < density <= 1 (got n_states={n_states}, density={density})")
+    rng = np.random.default_rng(seed)
+    alphabet = tuple(alphabet)
+    arcs, final = [], {}
+    for q in range(n_states):
+        k = max(1, int(round(density * len(alphabet))))
+        syms = rng.choice(len(alphabet), size=k, replace=False)
+        halt = float(rng.uniform(*stop_prob))
+        w = rng.dirichlet(np.ones(k)) * (1 - halt)
+        final[q] = halt
+        arcs += [(q, alphabet[a], int(rng.integers(n_states)), float(p)) for a, p in zip(syms, w)]
+    # exact normalisation after float rounding
+    return PFSA(name or f"random-pdfa-{n_states}-{seed}", arcs, final, 0, alphabet=alphabet)

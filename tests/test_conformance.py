@@ -1,0 +1,127 @@
+"""The conformance suite: every language passes the same brute-force checks.
+
+Adding a grammar file to grammars/ adds it here automatically. Random languages from
+hypothesis go through the same checks.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import formal_lm as fl
+from oracles import check_language
+
+# enumeration length per alphabet size keeps each grammar to a few thousand strings
+def _length(lang):
+    return {1: 14, 2: 10, 3: 6, 4: 5, 5: 4}.get(len(lang.alphabet), 3)
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_shipped_grammar_conforms(name):
+    lang = fl.load(name)
+    check_language(lang, _length(lang), n_samples=1000)
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_shipped_grammar_inspect_figures(name):
+    lang = fl.load(name)
+    floor = lang.optimal_loss()
+    assert floor.entropy > 0 and floor.per_token > 0
+    assert floor.tokens_per_string == pytest.approx(lang.expected_length() + 1)
+
+
+def test_anbn_matches_the_papers_setting():
+    lang = fl.load("anbn")
+    assert lang.prob("ab") == pytest.approx(1 / 128)
+    assert lang.log_prob("a" * 129 + "b" * 129) == -math.inf
+    # Reizinger et al. report an entropy floor of 0.018879 nats per position averaged over 257
+    # positions of a 258-token padded sequence: ln(128) / 257.
+    assert lang.entropy() / 257 == pytest.approx(0.018879, abs=1e-6)
+    # after a^j the next token is b with probability P(n = j) / P(n >= j)
+    for j in (1, 5, 128):
+        dist = lang.next_token_dist("a" * j)
+        assert dist["b"] == pytest.approx(1 / (128 - j + 1))
+    assert lang.next_token_dist("a" * 128)["a"] == 0.0
+    assert lang.optimal_loss().per_token == pytest.approx(math.log(128) / 130)
+
+
+def test_string_and_tuple_forms_agree():
+    lang = fl.load("anbn")
+    assert lang.log_prob("aabb") == lang.log_prob(("a", "a", "b", "b"))
+    with pytest.raises(fl.FormalLMError, match="symbol='c'"):
+        lang.log_prob("abc")
+
+
+def test_no_underflow_at_length_3000():
+    lang = fl.load("parity")
+    s = "0" * 3000
+    lp = lang.log_prob(s)
+    assert np.isfinite(lp) and lp == pytest.approx(3000 * math.log(0.4) + math.log(0.2))
+    assert np.isfinite(lang.next_token_table(s)).all()
+
+
+# ----- random languages ------------------------------------------------------------------------
+@st.composite
+def counter_languages(draw):
+    k = draw(st.integers(1, 3))
+    vars_ = ["n", "m"][: draw(st.integers(1, 2))]
+    symbols = ["a", "b", "c"]
+    blocks, last = [], None
+    for i in range(k + 1):
+        sym = draw(st.sampled_from([s for s in symbols if s != last]))
+        var = draw(st.sampled_from(vars_ + [None]))
+        coef = draw(st.integers(1, 2))
+        blocks.append(fl.Block(sym, coef, var))
+        last = sym
+    used = {b.var for b in blocks} - {None}
+    priors = {}
+    for v in sorted(used):
+        lo = draw(st.integers(1, 2))
+        if draw(st.booleans()):
+            priors[v] = fl.Uniform(lo, lo + draw(st.integers(0, 2)))
+        else:
+            priors[v] = fl.Geometric(draw(st.sampled_from([0.5, 0.7, 0.9])), lo)
+    alphabet = tuple(sorted({b.symbol for b in blocks}))
+    try:
+        return fl.CounterLanguage("random-counter", blocks, priors, alphabet=alphabet)
+    except fl.GrammarError:
+        from hypothesis import assume
+        assume(False)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(counter_languages())
+def test_random_counter_languages_conform(lang):
+    check_language(lang, 7, n_samples=500)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.booleans())
+def test_random_dyck_languages_conform(lo, width, nested):
+    pairs = [("(", ")"), ("[", "]")] if not nested or lo % 2 else [("(", ")")]
+    lang = fl.DyckLanguage("d", pairs, fl.Uniform(lo, lo + width), nested=nested or len(pairs) == 1)
+    check_language(lang, 8 if len(pairs) == 1 else 6, n_samples=500)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 10_000), st.sampled_from([0.5, 1.0]))
+def test_random_pdfas_conform(n_states, seed, density):
+    lang = fl.random_pdfa(n_states, ("a", "b"), seed=seed, density=density,
+                          stop_prob=(0.4, 0.7))
+    check_language(lang, 9, n_samples=800)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_random_nondeterministic_pfsas(seed):
+    rng = np.random.default_rng(seed)
+    arcs, final = [], {}
+    for q in range(3):
+        w = rng.dirichlet(np.ones(5))
+        final[q] = 0.3 + 0.4 * w[0]
+        rest = (1 - final[q]) * w[1:] / w[1:].sum()
+        arcs += [(q, "ab"[i % 2], int(rng.integers(3)), float(p)) for i, p in enumerate(rest)]
+    lang = fl.PFSA("nd", arcs, final, 0, alphabet=("a", "b"))
+    check_language(lang, 8, n_samples=800)

@@ -27,6 +27,7 @@ from formal_lm.errors import FormalLMError, GrammarError, Location, Problem
 from formal_lm.language import Language
 from formal_lm.priors import PRIOR_KINDS
 from formal_lm.rules import RULE_KINDS
+from formal_lm.vocab import check_symbols
 
 GRAMMAR_DIR = Path(os.environ.get("FORMAL_LM_GRAMMARS", Path(__file__).resolve().parent.parent
                                   / "grammars"))
@@ -212,20 +213,32 @@ def _build(doc: dict, src: _Source) -> Language:
             "pfsa": ["alphabet", "start", "arcs"],
             "dfa": ["alphabet", "start", "accepting", "stop_prob", "transitions"],
             "pcfg": ["rules"]}[kind]
-    for k in need:
-        if k not in doc:
-            problems.append(Problem(f"kind={kind!r} needs the key {k!r}", f"add {k} = ...",
-                                    Location(src.path, 1, 1)))
-    if problems:
+    missing = [k for k in need if k not in doc]
+    for k in missing:
+        problems.append(Problem(f"kind={kind!r} needs the key {k!r}", f"add {k} = ...",
+                                Location(src.path, 1, 1)))
+    if "alphabet" in doc:
+        if _expect(problems, src, doc["alphabet"], list, "alphabet", what="a list of symbols"):
+            loc = src.locate("alphabet")
+            problems += [Problem(p.message, p.fix, loc) for p in check_symbols(doc["alphabet"])]
+    if missing:
         raise GrammarError(problems)
 
     def build(fn, *args, _key="kind", **kw):
+        """Builds the language; raises every problem of the file and of the construction."""
         try:
-            return fn(*args, **kw)
+            lang = fn(*args, **kw)
         except FormalLMError as e:  # attach the file location to problems that have none
             where = src.locate(_key)
-            raise GrammarError([p if p.location else Problem(p.message, p.fix, where)
-                                for p in problems + e.problems]) from None
+            known = {p.message for p in problems}
+            raise GrammarError(problems + [p if p.location else Problem(p.message, p.fix, where)
+                                           for p in e.problems if p.message not in known]) from None
+        except Exception as e:  # wrong types from the file reach the constructor
+            raise GrammarError(problems + [Problem(f"{type(e).__name__}: {e}",
+                                                   "check the values' types", src.locate(_key))])
+        if problems:
+            raise GrammarError(problems)
+        return lang
 
     if kind == "counter":
         blocks = []
@@ -244,7 +257,7 @@ def _build(doc: dict, src: _Source) -> Language:
                 p = _prior(spec, src, ("prior", v), problems)
                 if p is not None:
                     priors[v] = p
-        if problems:
+        if len(priors) < len(doc["prior"]) or len(blocks) < len(doc["blocks"]):
             raise GrammarError(problems)
         return build(CounterLanguage, name, blocks, priors, rules=rules,
                      alphabet=tuple(doc["alphabet"]), description=description, _key="blocks")
@@ -258,7 +271,7 @@ def _build(doc: dict, src: _Source) -> Language:
         if rules:
             problems.append(Problem("a dyck grammar's rules are implied by its pairs",
                                     "remove the [rules.*] tables", src.locate("rules")))
-        if problems:
+        if prior is None:
             raise GrammarError(problems)
         return build(DyckLanguage, name, doc["pairs"], prior, nested=doc.get("nested", True),
                      description=description, _key="pairs")
@@ -278,8 +291,6 @@ def _build(doc: dict, src: _Source) -> Language:
                 pr = _prob(p, loc, problems)
                 locs[len(arcs)] = loc
                 arcs.append((q, a, r, pr))
-        if problems:
-            raise GrammarError(problems)
         return build(PFSA, name, arcs, final, doc["start"], alphabet=tuple(doc["alphabet"]),
                      rules=rules, description=description, locations=locs, _key="arcs")
     if kind == "dfa":
@@ -293,8 +304,6 @@ def _build(doc: dict, src: _Source) -> Language:
                 problems.append(Problem(f"transitions: symbol={a!r} is not in the alphabet",
                                         "add it to the alphabet", loc))
             trans[(q, a)] = r
-        if problems:
-            raise GrammarError(problems)
         return build(dfa_to_pfsa, name, trans, doc["start"], set(doc["accepting"]),
                      alphabet=tuple(doc["alphabet"]), stop_prob=doc["stop_prob"], rules=rules,
                      description=description, _key="transitions")
@@ -319,7 +328,11 @@ def loads(text: str, *, path: str = "<string>") -> Language:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        loc = Location(path, int(m.group(1)), int(m.group(2))) if m else Location(path, 1, 1)
+        if m:
+            loc = Location(path, int(m.group(1)), int(m.group(2)))
+        else:  # "at end of document"
+            lines = text.splitlines() or [""]
+            loc = Location(path, len(lines), len(lines[-1]) + 1)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise GrammarError(Problem(f"malformed TOML: {msg}",
                                    "check quotes, brackets and '=' on that line", loc)) from None

@@ -1,0 +1,29 @@
+# The two commands of the README. Each creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= runs/anbn-rule-extrapolation
+
+.PHONY: demo test test-slow bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/formal-lm grammars
+	$(BIN)/formal-lm inspect anbn
+
+test: $(BIN)/.installed
+	$(BIN)/pytest -n 2 -q
+
+test-slow: $(BIN)/.installed
+	$(BIN)/pytest -n 2 -q -m slow
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_languages.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,121 @@
+"""The ``formal-lm`` command: grammars, inspect, sample, train, run.
+
+Bad input ends with a message on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+from formal_lm.errors import FormalLMError
+
+
+def _fmt(s) -> str:
+    return "".join(s) if all(len(x) == 1 for x in s) else " ".join(s)
+
+
+def cmd_grammars(args) -> None:
+    from formal_lm.grammar_files import load, shipped
+    for name in shipped():
+        try:
+            lang = load(name)
+            print(f"{name:<14} {type(lang).__name__:<16} {lang.description}")
+        except FormalLMError as e:
+            print(f"{name:<14} ERROR: {e.problems[0]}")
+
+
+def cmd_inspect(args) -> None:
+    from formal_lm.grammar_files import load
+    lang = load(args.grammar)
+    floor = lang.optimal_loss()
+    print(f"{lang.name} ({type(lang).__name__}): {lang.description}")
+    print(f"alphabet: {' '.join(lang.alphabet)}   vocab: {' '.join(lang.vocab.tokens)}")
+    for r in lang.rules:
+        print(f"rule {r.name}: {r.description}")
+    exact = "" if lang.entropy_is_exact else "  (upper bound: the grammar is ambiguous)"
+    print(f"entropy: {floor.entropy:.6f} nats per string{exact}")
+    print(f"expected length: {floor.tokens_per_string - 1:.4f} symbols (+1 EOS)")
+    print("exact optimal loss (nats per token, EOS predicted):")
+    print(f"  corpus (total nats / total tokens): {floor.per_token:.6f}")
+    if floor.per_token_symbols_only is not None:
+        print(f"  symbols only (EOS not scored):      {floor.per_token_symbols_only:.6f}")
+    if floor.per_sequence_mean is not None:
+        print(f"  mean of per-sequence averages:      {floor.per_sequence_mean:.6f}")
+    dist = lang.length_distribution(args.max_length)
+    print(f"probability mass by length (up to {args.max_length}):")
+    for L in np.flatnonzero(dist > 0)[: args.max_length]:
+        print(f"  {L:>4}: {dist[L]:.6g}")
+    print(f"  tail P(|s| > {args.max_length}): {max(0.0, 1 - dist.sum()):.6g}")
+    print("samples (seed 0):")
+    for s in lang.sample(args.samples, seed=0):
+        print(f"  {_fmt(s) or '(empty)'}   ln p = {lang.log_prob(s):.4f}")
+
+
+def cmd_sample(args) -> None:
+    from formal_lm.grammar_files import load
+    lang = load(args.grammar)
+    for s in lang.sample(args.n, seed=args.seed, length=args.length):
+        print(_fmt(s))
+
+
+def cmd_train(args) -> None:
+    from formal_lm.training import load_config, train
+    cfg = load_config(args.config)
+    result = train(cfg, args.out, resume=args.resume)
+    print(result)
+
+
+def cmd_run(args) -> None:
+    from formal_lm.experiments import run_experiment
+    run_experiment(args.experiment, args.out, full=args.full, resume=not args.restart)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="formal-lm", description="Exact formal languages, models "
+                                "trained on them, and analyzers of how they generalize.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grammars", help="list the shipped grammars, one line each")
+    g.set_defaults(fn=cmd_grammars)
+    i = sub.add_parser("inspect", help="exact facts about a grammar: entropy, optimal loss, ...")
+    i.add_argument("grammar", help="a shipped grammar's name or a path to a grammar file")
+    i.add_argument("--max-length", type=int, default=12, help="lengths shown in the mass table")
+    i.add_argument("--samples", type=int, default=5, help="how many samples to show")
+    i.set_defaults(fn=cmd_inspect)
+    s = sub.add_parser("sample", help="exact samples, one per line")
+    s.add_argument("grammar", help="a shipped grammar's name or a path to a grammar file")
+    s.add_argument("-n", type=int, default=10, help="number of samples")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--length", type=int, default=None, help="condition on this length")
+    s.set_defaults(fn=cmd_sample)
+    t = sub.add_parser("train", help="train the seeds a config declares")
+    t.add_argument("config", help="a training config (TOML)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    t.set_defaults(fn=cmd_train)
+    r = sub.add_parser("run", help="run an experiment end to end and write a report")
+    r.add_argument("experiment", help="an experiment file (TOML)")
+    r.add_argument("--out", required=True, help="output directory (report.md, results)")
+    r.add_argument("--full", action="store_true", help="the paper-sized variant (for a GPU)")
+    r.add_argument("--restart", action="store_true", help="ignore finished work in --out")
+    r.set_defaults(fn=cmd_run)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except FormalLMError as e:
+        print(f"formal-lm {args.command}: error:\n{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Bad grammar files: every problem reported at once, with file:line:column and a fix."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import formal_lm as fl
+
+
+def problems_of(text):
+    with pytest.raises(fl.GrammarError) as info:
+        fl.loads(textwrap.dedent(text), path="g.toml")
+    return info.value.problems, str(info.value)
+
+
+COUNTER = '''
+    name = "c"
+    kind = "counter"
+    alphabet = ["a", "b"]
+    blocks = [["a", "n"], ["b", "n"]]
+
+    [prior.n]
+    kind = "uniform"
+    min = 1
+    max = 4
+'''
+
+
+def test_a_valid_file_loads():
+    lang = fl.loads(textwrap.dedent(COUNTER))
+    assert lang.prob("ab") == pytest.approx(0.25)
+
+
+def test_malformed_syntax_has_line_and_column():
+    _, msg = problems_of('name = "x"\nkind = "counter"\nalphabet = ["a" "b"]\n')
+    assert "g.toml:3:" in msg and "malformed TOML" in msg
+
+
+def test_probabilities_not_summing_to_one_show_the_sum():
+    _, msg = problems_of('''
+        name = "p"
+        kind = "pfsa"
+        alphabet = ["a"]
+        start = "q"
+        arcs = """
+        q a q 0.5
+        q EOS 0.3
+        """
+    ''')
+    assert "g.toml:7:" in msg and "sum to 0.8" in msg and "fix:" in msg
+
+
+def test_reserved_and_unknown_symbols():
+    problems, msg = problems_of(COUNTER.replace('["a", "b"]', '["a", "EOS"]'))
+    assert "symbol='EOS' is a reserved name" in msg and "g.toml:4:" in msg
+    assert "symbol='b' is not in the alphabet" in msg
+    assert len(problems) >= 2  # gathered, not just the first
+
+
+def test_unknown_and_unused_keys_are_named():
+    _, msg = problems_of(COUNTER + '    colour = "red"\n')
+    assert "'colour'" in msg and "g.toml:" in msg
+    _, msg = problems_of(COUNTER.replace('max = 4', 'max = 4\n    mean = 2'))
+    assert "key 'mean' is not used by a uniform prior" in msg
+
+
+def test_counter_prior_with_no_support():
+    _, msg = problems_of(COUNTER.replace("max = 4", "max = 0"))
+    assert "min=1, max=0 has no support" in msg and "g.toml:7:" in msg
+
+
+def test_state_that_cannot_halt_is_unproductive():
+    _, msg = problems_of('''
+        name = "p"
+        kind = "pfsa"
+        alphabet = ["a", "b"]
+        start = "q"
+        arcs = """
+        q a q 0.5
+        q b r 0.3
+        q EOS 0.2
+        r a r 1.0
+        """
+    ''')
+    assert "state r is reachable but can never halt" in msg
+
+
+def test_empty_language():
+    _, msg = problems_of('''
+        name = "d"
+        kind = "dfa"
+        alphabet = ["a"]
+        start = "q"
+        accepting = []
+        stop_prob = 0.2
+        transitions = """
+        q a q
+        """
+    ''')
+    assert "accepts no string" in msg
+
+
+def test_unknown_rule_kind_and_bad_count():
+    problems, msg = problems_of(COUNTER.replace('["b", "n"]', '["b", "n+1"]') +
+                                '\n    [rules.R1]\n    kind = "count_equl"\n')
+    assert "count='n+1' is not a count" in msg
+    assert "kind='count_equl' is unknown" in msg and "count_equal" in msg
+    assert len(problems) == 2
+
+
+def test_unknown_grammar_name():
+    with pytest.raises(fl.FormalLMError, match="no shipped grammar named 'anbm'"):
+        fl.load("anbm")
+
+
+def test_cli_reports_bad_files_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(textwrap.dedent(COUNTER.replace("max = 4", "max = 0")))
+    run = subprocess.run([sys.executable, "-m", "formal_lm.cli", "inspect", str(bad)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and f"{bad}:7:" in run.stderr
+
+
+def test_cli_inspect_prints_the_exact_optimal_loss():
+    run = subprocess.run([sys.executable, "-m", "formal_lm.cli", "inspect", "anbn"],
+                         capture_output=True, text=True, check=True)
+    assert "corpus (total nats / total tokens): 0.037323" in run.stdout
+
+
+@pytest.mark.parametrize("command", ["grammars", "inspect", "sample", "train", "run"])
+def test_every_subcommand_has_help(command):
+    run = subprocess.run([sys.executable, "-m", "formal_lm.cli", command, "--help"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "usage: formal-lm" in run.stdout
+
+
+def test_cli_sample_is_seeded():
+    cmd = [sys.executable, "-m", "formal_lm.cli", "sample", "dyck2", "-n", "5", "--seed", "3"]
+    a = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    b = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert a == b and len(a.splitlines()) == 5

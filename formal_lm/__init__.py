@@ -9,3 +9,4 @@ from formal_lm.dyck import DyckLanguage
 from formal_lm.grammar_files import load, loads, shipped
 from formal_lm.pfsa import PFSA, dfa_to_pfsa, random_pdfa
 from formal_lm.priors import Geometric, Uniform
+from formal_lm.pcfg import PCFG

@@ -172,23 +172,137 @@ class CounterLanguage(Language):
         return -math.inf if state is None else self._log_mass(self._open_constraints(state))
 
     def next_token_table(self, s) -> np.ndarray:
+        """Vectorised over each run of equal symbols: inside a run only its length r changes,
+        and every entry is a closed form in r (see ``_run_rows``)."""
         s = self._s(s)
         out = np.zeros((len(s) + 1, self.vocab.size))
-        state = self._start
-        for t in range(len(s) + 1):
-            lp = self._log_mass(self._open_constraints(state))
-            if lp == -math.inf:
+        state, t = self._start, 0
+        out[0] = self._row(state)
+        for sym, group in itertools.groupby(s):
+            R = len(list(group))
+            nxt = self._advance(state, sym)
+            if nxt is None or out[t].sum() == 0:
                 break
-            out[t, EOS_ID] = math.exp(self._log_mass(self._final_constraints(state)) - lp)
-            for k, sym in enumerate(self.alphabet):
-                nxt = self._advance(state, sym)
-                if nxt is not None:
-                    out[t, k + 3] = math.exp(self._log_mass(self._open_constraints(nxt)) - lp)
-            if t < len(s):
-                state = self._advance(state, s[t])
-                if state is None:
-                    break
+            j, _, cons = nxt
+            rows = self._run_rows(j, cons, np.arange(1, R + 1))
+            out[t + 1: t + R + 1] = rows
+            dead = np.flatnonzero(rows.sum(1) == 0)
+            if len(dead):
+                out[t + 1 + dead[0]:] = 0.0
+                break
+            state, t = (j, R, cons), t + R
         return out
+
+    def next_token_probs(self, ids) -> np.ndarray:
+        """Vectorised across the batch: every run of every row is computed in one pass per block."""
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        out = np.zeros((B, T, self.vocab.size))
+        if T == 0:
+            return out
+        if (ids[:, 0] != 1).any():
+            raise FormalLMError("every row of ids must start with BOS (1)")
+        out[:, 0] = self._row(self._start)
+        segments = {}  # block -> lists of (row, first position, run length, constraints)
+        for b in range(B):
+            row = ids[b, 1:]
+            stop = np.flatnonzero(row < 3)
+            n = int(stop[0]) if len(stop) else T - 1
+            state, t = self._start, 0
+            change = np.flatnonzero(np.diff(row[:n])) + 1
+            for start, end in zip(np.r_[0, change], np.r_[change, n]):
+                nxt = self._advance(state, self.alphabet[row[start] - 3])
+                if nxt is None:
+                    break
+                j, _, cons = nxt
+                segments.setdefault(j, []).append((b, t, int(end - start), cons))
+                state, t = (j, int(end - start), cons), t + int(end - start)
+        for j, segs in segments.items():
+            rows_b = np.concatenate([np.full(R, b) for b, _, R, _ in segs])
+            pos = np.concatenate([np.arange(t + 1, t + R + 1) for _, t, R, _ in segs])
+            r = np.concatenate([np.arange(1, R + 1) for _, _, R, _ in segs])
+            cons = tuple((np.concatenate([np.full(R, c[v][0]) for _, _, R, c in segs]),
+                          np.concatenate([np.full(R, c[v][1]) for _, _, R, c in segs]))
+                         for v in range(len(self.vars)))
+            out[rows_b, pos] = self._run_rows(j, cons, r)
+        dead = np.cumsum(out.sum(-1) == 0, axis=1) > 0  # after an impossible prefix, all zero
+        out[dead] = 0.0
+        return out
+
+    def _row(self, state) -> np.ndarray:
+        row = np.zeros(self.vocab.size)
+        lp = self._log_mass(self._open_constraints(state))
+        if lp == -math.inf:
+            return row
+        row[EOS_ID] = math.exp(self._log_mass(self._final_constraints(state)) - lp)
+        for k, sym in enumerate(self.alphabet):
+            nxt = self._advance(state, sym)
+            if nxt is not None:
+                row[k + 3] = math.exp(self._log_mass(self._open_constraints(nxt)) - lp)
+        return row
+
+    def _run_rows(self, j: int, cons, r: np.ndarray) -> np.ndarray:
+        """Next-token rows after prefixes ending in r symbols of block j (r an array).
+
+        ``cons`` holds the constraints before the run: a tuple of (lo, hi) per variable, each a
+        scalar or an array aligned with r.
+        """
+        blocks, V = self.blocks, self.vocab.size
+
+        def intervals():
+            return {v: [np.broadcast_to(np.asarray(lo, float), r.shape).copy(),
+                        np.broadcast_to(np.asarray(hi, float), r.shape).copy()]
+                    for v, (lo, hi) in zip(self.vars, cons)}
+
+        def meet(iv, var, lo, hi, ok):
+            iv[var][0] = np.maximum(iv[var][0], lo)
+            iv[var][1] = np.minimum(iv[var][1], hi)
+            return ok
+
+        def mass(iv, ok):
+            total = np.zeros(len(r))
+            for v, (lo, hi) in iv.items():
+                total = total + self.priors[v].log_mass_vec(lo, hi)
+            return np.where(ok, total, -np.inf)
+
+        def pinned(count):
+            """Intervals and validity with block j finished after ``count`` symbols."""
+            iv, b = intervals(), blocks[j]
+            if b.var is None:
+                return iv, count == b.coef
+            ok = count % b.coef == 0
+            return iv, meet(iv, b.var, count // b.coef, count // b.coef, ok)
+
+        def opened(count):
+            iv, b = intervals(), blocks[j]
+            if b.var is None:
+                return iv, count <= b.coef
+            return iv, meet(iv, b.var, -(-count // b.coef), np.inf, np.ones(len(r), bool))
+
+        lp = mass(*opened(r))
+        rows = np.full((len(r), V), -np.inf)
+        rows[:, 3 + self.alphabet.index(blocks[j].symbol)] = mass(*opened(r + 1))
+        iv, ok = pinned(r)
+        seen = {blocks[j].symbol}
+        for k in range(j + 1, len(blocks) + 1):  # EOS, or the next block's first symbol
+            if k == len(blocks):
+                rows[:, EOS_ID] = mass(iv, ok)
+                break
+            b = blocks[k]
+            if b.symbol not in seen:  # as in _advance, a symbol starts the first block it can
+                seen.add(b.symbol)
+                first = {v: [lo.copy(), hi.copy()] for v, (lo, hi) in iv.items()}
+                ok_first = ok if b.var is None else meet(first, b.var, 1, np.inf, ok)
+                rows[:, 3 + self.alphabet.index(b.symbol)] = mass(first, ok_first)
+            if b.var is None:  # a fixed block cannot be empty: nothing after it is reachable
+                ok = np.zeros(len(r), bool)
+                rows[:, EOS_ID] = -np.inf
+                break
+            ok = meet(iv, b.var, 0, 0, ok)  # block k empty
+        with np.errstate(invalid="ignore"):
+            out = np.exp(rows - lp[:, None])
+        out[~np.isfinite(lp)] = 0.0
+        return np.nan_to_num(out, nan=0.0)
 
     def _string(self, counts: dict[str, int]) -> tuple[str, ...]:
         out = []

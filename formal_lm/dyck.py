@@ -149,57 +149,151 @@ class DyckLanguage(Language):
         walk, _ = self._walk(p)
         return -math.inf if len(walk) < len(p) + 1 else self._log_prefix(*walk[-1])
 
-    def _moves(self, state, stack):
-        """(symbol index, next state) for every legal next bracket."""
-        out = []
-        for t, (o, c) in enumerate(self.pairs):
-            if self.nested:
-                out.append((2 * t, state + 1))
-                if stack and stack[-1] == t:
-                    out.append((2 * t + 1, state - 1))
-            else:
-                up, down = list(state), list(state)
-                up[t] += 1
-                out.append((2 * t, tuple(up)))
-                if state[t] > 0:
-                    down[t] -= 1
-                    out.append((2 * t + 1, tuple(down)))
-        return out
+    def _log_prefix_vec(self, i: np.ndarray, state) -> np.ndarray:
+        """ln P(prefix) for many (length, state) pairs at once: [P] arrays in, [P] out."""
+        i = np.asarray(i)[:, None]
+        r = 2 * self._n[None, :] - i
+        ok = r >= 0
+        rr = np.where(ok, r, 0)
+        m = self._counts.shape[1] - 1
+        if self.nested:
+            d = np.asarray(state)[:, None]
+            c = self._counts[rr, np.minimum(d, m)]
+            ok = ok & (d <= m)
+        else:
+            d1, d2 = (np.asarray(x)[:, None] for x in state)
+            c = self._counts[rr, np.minimum(d1, m), np.minimum(d2, m)]
+            ok = ok & (d1 <= m) & (d2 <= m)
+        total = self._counts[2 * self._n, 0] if self.nested else self._counts[2 * self._n, 0, 0]
+        terms = np.where(ok, self._log_prior[None, :] + c - total[None, :], -np.inf)
+        return np.logaddexp.reduce(terms, axis=1)
 
     def next_token_table(self, s) -> np.ndarray:
         s = self._s(s)
-        out = np.zeros((len(s) + 1, self.vocab.size))
-        stack, state = [], self._zero
-        for t in range(len(s) + 1):
-            lp = self._log_prefix(t, state)
-            if lp == -math.inf:
-                break
-            out[t, EOS_ID] = math.exp(self._log_whole(t, state) - lp)
-            for sym, nxt in self._moves(state, stack):
-                out[t, sym + 3] = math.exp(self._log_prefix(t + 1, nxt) - lp)
-            if t == len(s):
-                break
-            typ, step = self._kind[s[t]]
-            legal = {self.alphabet[i]: nxt for i, nxt in self._moves(state, stack)}
-            if s[t] not in legal:
-                break
-            state = legal[s[t]]
-            if self.nested:
-                stack = stack + [typ] if step > 0 else stack[:-1]
+        return self._tables([s])[0]
+
+    def next_token_probs(self, ids) -> np.ndarray:
+        """Each row's walk is read in Python; the probabilities of all rows are one array op."""
+        ids = np.asarray(ids)
+        B, T = ids.shape
+        if T and (ids[:, 0] != 1).any():
+            raise FormalLMError("every row of ids must start with BOS (1)")
+        strings = []
+        for b in range(B):
+            row = ids[b, 1:]
+            stop = np.flatnonzero(row < 3)
+            n = int(stop[0]) if len(stop) else T - 1
+            strings.append(tuple(self.alphabet[x - 3] for x in row[:n]))
+        out = np.zeros((B, T, self.vocab.size))
+        for b, table in enumerate(self._tables(strings)):
+            out[b, : min(len(table), T)] = table[:T]
         return out
 
-    def _sample_word(self, rng, n):
-        out, stack, state, L = [], [], self._zero, 2 * n
-        for t in range(L):
-            moves = self._moves(state, stack)
-            logw = np.array([self._count(L - t - 1, nxt) for _, nxt in moves])
-            w = np.exp(logw - logw.max())
-            i, state = moves[rng.choice(len(moves), p=w / w.sum())]
-            typ = i // 2
-            out.append(self.alphabet[i])
+    def _tables(self, strings) -> list[np.ndarray]:
+        """Next-token tables of many strings, computed together."""
+        with np.errstate(invalid="ignore"):  # -inf - -inf rows are impossible prefixes, zeroed
+            return self._tables_impl(strings)
+
+    def _tables_impl(self, strings) -> list[np.ndarray]:
+        walks = [self._walk(s)[0] for s in strings]
+        sizes = [len(w) for w in walks]
+        i = np.concatenate([np.arange(n) for n in sizes])
+        rows = np.zeros((len(i), self.vocab.size))
+        if self.nested:
+            d = np.array([w[1] for walk in walks for w in walk])
+            tops = np.concatenate([self._stack_tops(s[: n - 1]) for s, n in zip(strings, sizes)])
+            lp = self._log_prefix_vec(i, d)
+            up = self._log_prefix_vec(i + 1, d + 1)
+            down = np.where(d > 0, self._log_prefix_vec(i + 1, np.maximum(d - 1, 0)), -np.inf)
+            for t in range(self.k):
+                rows[:, 3 + 2 * t] = np.exp(up - lp)
+                rows[:, 4 + 2 * t] = np.where(tops == t, np.exp(down - lp), 0.0)
+            whole = d == 0
+        else:
+            d1 = np.array([w[1][0] for walk in walks for w in walk])
+            d2 = np.array([w[1][1] for walk in walks for w in walk])
+            lp = self._log_prefix_vec(i, (d1, d2))
+            moves = [((d1 + 1, d2), d1 >= 0), ((np.maximum(d1 - 1, 0), d2), d1 > 0),
+                     ((d1, d2 + 1), d2 >= 0), ((d1, np.maximum(d2 - 1, 0)), d2 > 0)]
+            for col, (nxt, ok) in enumerate(moves):
+                rows[:, 3 + col] = np.where(ok, np.exp(self._log_prefix_vec(i + 1, nxt) - lp), 0)
+            whole = (d1 == 0) & (d2 == 0)
+        n_pairs = i // 2
+        in_prior = (i % 2 == 0) & (n_pairs >= self.prior.min) & (n_pairs <= self.prior.support_max)
+        idx = np.clip(n_pairs - self.prior.min, 0, len(self._n) - 1)
+        total = self._counts[2 * self._n, 0] if self.nested else self._counts[2 * self._n, 0, 0]
+        log_whole = np.where(whole & in_prior, self._log_prior[idx] - total[idx], -np.inf)
+        with np.errstate(invalid="ignore"):
+            rows[:, EOS_ID] = np.exp(log_whole - lp)
+        rows[~np.isfinite(lp)] = 0.0
+        out, start = [], 0
+        for s, n in zip(strings, sizes):
+            table = np.zeros((len(s) + 1, self.vocab.size))
+            block = rows[start: start + n]
+            dead = np.cumsum(block.sum(1) == 0) > 0  # after an impossible prefix, all zero
+            table[:n] = np.where(dead[:, None], 0.0, block)
+            out.append(table)
+            start += n
+        return out
+
+    def _stack_tops(self, s) -> np.ndarray:
+        """Type of the innermost open bracket after each prefix (-1 when none)."""
+        tops, stack = [-1], []
+        for x in s:
+            typ, step = self._kind[x]
+            if step > 0:
+                stack.append(typ)
+            else:
+                stack.pop()
+            tops.append(stack[-1] if stack else -1)
+        return np.array(tops)
+
+    def _sample_words(self, rng, sizes: np.ndarray) -> list:
+        """Uniform words of the given numbers of pairs, all samples advanced in lockstep."""
+        B = len(sizes)
+        L = 2 * sizes
+        m = self._counts.shape[1] - 1
+        out = np.full((B, int(L.max(initial=0))), -1)
+        if self.nested:
+            depth = np.zeros(B, int)
+            stack = np.zeros((B, int(sizes.max(initial=0)) + 1), int)
+        else:
+            depth = np.zeros((B, 2), int)
+        rows = np.arange(B)
+        for t in range(out.shape[1]):
+            live = t < L
+            r = np.where(live, L - t - 1, 0)
             if self.nested:
-                stack = stack + [typ] if i % 2 == 0 else stack[:-1]
-        return tuple(out)
+                l_open = self._counts[r, np.minimum(depth + 1, m)] + math.log(self.k)
+                l_close = np.where(depth > 0, self._counts[r, np.maximum(depth - 1, 0)], -np.inf)
+                top = np.maximum(l_open, l_close)
+                top = np.where(np.isfinite(top), top, 0.0)
+                w_open, w_close = np.exp(l_open - top), np.exp(l_close - top)
+                u = rng.random(B) * (w_open + w_close)
+                close = u >= w_open
+                typ = np.where(close, stack[rows, np.maximum(depth - 1, 0)],
+                               rng.integers(self.k, size=B))
+                sym = 2 * typ + close
+                stack[rows, depth] = np.where(close | ~live, stack[rows, depth], typ)
+                depth = np.where(live, depth + np.where(close, -1, 1), depth)
+            else:
+                d1, d2 = depth[:, 0], depth[:, 1]
+                logw = np.stack([
+                    self._counts[r, np.minimum(d1 + 1, m), d2],
+                    np.where(d1 > 0, self._counts[r, np.maximum(d1 - 1, 0), d2], -np.inf),
+                    self._counts[r, d1, np.minimum(d2 + 1, m)],
+                    np.where(d2 > 0, self._counts[r, d1, np.maximum(d2 - 1, 0)], -np.inf)],
+                    axis=1)
+                top = logw.max(1, keepdims=True)
+                w = np.exp(logw - np.where(np.isfinite(top), top, 0.0))
+                cum = np.cumsum(w, axis=1)
+                u = rng.random(B) * cum[:, -1]
+                sym = (cum < u[:, None]).sum(1)
+                step = np.where(sym % 2 == 0, 1, -1)
+                depth = depth.copy()
+                depth[rows, sym // 2] += np.where(live, step, 0)
+            out[:, t] = np.where(live, sym, -1)
+        return [tuple(self.alphabet[x] for x in row[row >= 0]) for row in out]
 
     def sample(self, n: int, *, seed: int = 0, length: int | None = None):
         rng = np.random.default_rng(seed)
@@ -211,7 +305,7 @@ class DyckLanguage(Language):
             sizes = np.full(n, length // 2)
         else:
             sizes = self.prior.sample(rng, n)
-        return [self._sample_word(rng, int(m)) for m in sizes]
+        return self._sample_words(rng, np.asarray(sizes, int))
 
     def entropy(self) -> float:
         p = np.exp(self._log_prior)

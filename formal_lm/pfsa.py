@@ -168,9 +168,12 @@ class PFSA(Language):
         return out
 
     def next_token_probs(self, ids) -> np.ndarray:
-        """Vectorised over the batch: a scan of the forward vectors over time."""
+        """Vectorised over the batch: a scan of the forward vectors over time (for a PDFA, a scan
+        of states and a lookup of each state's next-token row)."""
         ids = np.asarray(ids)
         B, T = ids.shape
+        if self.deterministic:
+            return self._pdfa_next_token_probs(ids)
         V = self.vocab.size
         out = np.zeros((B, T, V))
         alpha = np.tile(self.init, (B, 1))
@@ -191,6 +194,24 @@ class PFSA(Language):
             out[~live, t] = 0.0
         return out
 
+    def _pdfa_next_token_probs(self, ids):
+        B, T = ids.shape
+        S, A = len(self.states), len(self.alphabet)
+        table = np.zeros((S + 1, self.vocab.size))  # state S: dead
+        table[:S, EOS_ID] = self.rho
+        table[:S, 3:] = self.T.sum(axis=2).T
+        succ = np.full((S + 1, A), S)
+        a_idx, q_idx, r_idx = np.nonzero(self.T)
+        succ[q_idx, a_idx] = r_idx
+        state = np.full(B, int(np.argmax(self.init)))
+        states = np.empty((B, T), int)
+        for t in range(T):
+            if t > 0:
+                tok = ids[:, t]
+                state = np.where(tok >= 3, succ[state, np.clip(tok - 3, 0, A - 1)], S)
+            states[:, t] = state
+        return table[states]
+
     # ----- sampling ---------------------------------------------------------------------------------
     def sample(self, n: int, *, seed: int = 0, length: int | None = None):
         rng = np.random.default_rng(seed)
@@ -203,16 +224,20 @@ class PFSA(Language):
                                    axis=1)
             cum = np.cumsum(table, axis=1)
             cum[:, -1] = 1.0 + 1e-12
-            live = np.arange(n)
+            live, who, what = np.arange(n), [], []
             while len(live):
                 u = rng.random(len(live))
                 choice = (cum[state[live]] < u[:, None]).sum(axis=1)
-                halted = choice == A * S
-                for b, c in zip(live[~halted], choice[~halted]):
-                    out[b].append(self.alphabet[c // S])
-                state[live[~halted]] = choice[~halted] % S
-                live = live[~halted]
-            return [tuple(x) for x in out]
+                go = choice != A * S
+                who.append(live[go])
+                what.append(choice[go] // S)
+                state[live[go]] = choice[go] % S
+                live = live[go]
+            who, what = np.concatenate(who), np.concatenate(what)
+            order = np.argsort(who, kind="stable")  # emission order is kept within a sample
+            syms = np.array(self.alphabet, dtype=object)[what[order]]
+            bounds = np.cumsum(np.bincount(who, minlength=n))[:-1]
+            return [tuple(x) for x in np.split(syms, bounds)]
         beta = self._log_backward(length)  # beta[k][q] = ln P(exactly k more symbols, halt | q)
         start_w = np.log(np.where(self.init > 0, self.init, 1e-300)) + beta[length]
         if not np.isfinite(start_w).any() or start_w.max() == -np.inf:

@@ -37,6 +37,13 @@ class Uniform:
         lo, hi = max(lo, self.min), min(hi, self.max)
         return math.log((hi - lo + 1) / (self.max - self.min + 1)) if hi >= lo else -math.inf
 
+    def log_mass_vec(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``log_mass`` elementwise over arrays of bounds."""
+        lo, hi = np.maximum(lo, self.min), np.minimum(hi, self.max)
+        count = np.maximum(hi - lo + 1, 0) / (self.max - self.min + 1)
+        with np.errstate(divide="ignore"):
+            return np.log(count)
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.integers(self.min, self.max + 1, size=n)
 
@@ -93,6 +100,17 @@ class Geometric:
         upper = 0.0 if top == math.inf else q ** (top - lo + 1)
         mass = q ** (lo - self.min) * (1 - upper)
         return math.log(mass) - self._log_norm() if mass > 0 else -math.inf
+
+    def log_mass_vec(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``log_mass`` elementwise over arrays of bounds."""
+        lo = np.maximum(np.asarray(lo, float), self.min)
+        top = np.asarray(hi, float) if self.max is None else np.minimum(hi, self.max)
+        q = 1 - self.p
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            upper = np.where(np.isinf(top), 0.0, q ** np.where(np.isinf(top), 0, top - lo + 1))
+            mass = q ** (lo - self.min) * (1 - upper)
+            out = np.log(np.where(top >= lo, mass, 0.0)) - self._log_norm()
+        return np.where(top >= lo, out, -np.inf)
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.max is None:

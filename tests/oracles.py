@@ -100,6 +100,16 @@ def check_language(lang: fl.Language, L: int, *, n_samples: int = 2000, seed: in
         np.testing.assert_allclose(table.sum(1), 1.0, atol=1e-9)
         assert not probs[b, len(s) + 1:].any()
 
+    # on arbitrary strings (most outside the language) the fast batched path agrees with the
+    # base class's generic per-prefix path
+    rng = np.random.default_rng(seed)
+    noise = [tuple(rng.choice(lang.alphabet, size=rng.integers(0, L + 1))) for _ in range(12)]
+    noise += [s[:-1] + (lang.alphabet[0],) for s in batch if s][:6]
+    probs = lang.next_token_probs(lang.vocab.batch(noise))
+    for b, s in enumerate(noise):
+        generic = fl.Language.next_token_table(lang, s)
+        np.testing.assert_allclose(probs[b, : len(s) + 1], generic, atol=1e-9)
+
     # samples: accepted, and frequencies match the exact probabilities (chi-square)
     for s in samples:
         assert lang.accepts(s), s

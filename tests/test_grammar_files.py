@@ -141,3 +141,27 @@ def test_cli_sample_is_seeded():
     a = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     b = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert a == b and len(a.splitlines()) == 5
+
+
+def test_pcfg_file_errors_point_into_the_rules_string():
+    problems, msg = problems_of('''
+        name = "g"
+        kind = "pcfg"
+        rules = """
+        S -> 'a' S 'b' [0.7] | [0.2]
+        T -> 'c' [1.0]
+        """
+    ''')
+    assert "g.toml:5:" in msg and "0.9" in msg  # the sum, at the rule's line
+    assert "unreachable" in msg.lower() and "g.toml:6:" in msg
+
+
+def test_non_tight_pcfg_is_an_error_that_says_so():
+    _, msg = problems_of('''
+        name = "g"
+        kind = "pcfg"
+        rules = """
+        S -> S S [0.6] | 'a' [0.4]
+        """
+    ''')
+    assert "not tight" in msg and "spectral radius" in msg

@@ -39,7 +39,7 @@ class PFSA(Language):
         ...                        ("o", "1", "e", 0.5), ("o", "0", "o", 0.5)],
         ...             final={"e": 0.25}, start="e", alphabet=("0", "1"))
         >>> round(even.prob("11"), 6), even.accepts("1")
-        (0.015625, False)
+        (0.0625, False)
     """
 
     def __init__(self, name: str, arcs, final: dict, start, *, alphabet=None,

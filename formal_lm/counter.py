@@ -208,6 +208,8 @@ class CounterLanguage(Language):
             row = ids[b, 1:]
             stop = np.flatnonzero(row < 3)
             n = int(stop[0]) if len(stop) else T - 1
+            if n == 0:
+                continue
             state, t = self._start, 0
             change = np.flatnonzero(np.diff(row[:n])) + 1
             for start, end in zip(np.r_[0, change], np.r_[change, n]):

@@ -104,7 +104,7 @@ def check_language(lang: fl.Language, L: int, *, n_samples: int = 2000, seed: in
     # base class's generic per-prefix path
     rng = np.random.default_rng(seed)
     noise = [tuple(rng.choice(lang.alphabet, size=rng.integers(0, L + 1))) for _ in range(12)]
-    noise += [s[:-1] + (lang.alphabet[0],) for s in batch if s][:6]
+    noise += [()] + [s[:-1] + (lang.alphabet[0],) for s in batch if s][:6]
     probs = lang.next_token_probs(lang.vocab.batch(noise))
     for b, s in enumerate(noise):
         generic = fl.Language.next_token_table(lang, s)

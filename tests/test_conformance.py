@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import formal_lm as fl
+import formal_lm.testing as ft
 from oracles import check_language
 
 # enumeration length per alphabet size keeps each grammar to a few thousand strings
@@ -62,39 +63,49 @@ def test_no_underflow_at_length_3000():
     assert np.isfinite(lang.next_token_table(s)).all()
 
 
-# ----- random languages ------------------------------------------------------------------------
-@st.composite
-def counter_languages(draw):
-    k = draw(st.integers(1, 3))
-    vars_ = ["n", "m"][: draw(st.integers(1, 2))]
-    symbols = ["a", "b", "c"]
-    blocks, last = [], None
-    for i in range(k + 1):
-        sym = draw(st.sampled_from([s for s in symbols if s != last]))
-        var = draw(st.sampled_from(vars_ + [None]))
-        coef = draw(st.integers(1, 2))
-        blocks.append(fl.Block(sym, coef, var))
-        last = sym
-    used = {b.var for b in blocks} - {None}
-    priors = {}
-    for v in sorted(used):
-        lo = draw(st.integers(1, 2))
-        if draw(st.booleans()):
-            priors[v] = fl.Uniform(lo, lo + draw(st.integers(0, 2)))
-        else:
-            priors[v] = fl.Geometric(draw(st.sampled_from([0.5, 0.7, 0.9])), lo)
-    alphabet = tuple(sorted({b.symbol for b in blocks}))
-    try:
-        return fl.CounterLanguage("random-counter", blocks, priors, alphabet=alphabet)
-    except fl.GrammarError:
-        from hypothesis import assume
-        assume(False)
+# ----- random languages (the strategies of formal_lm.testing) -------------------------------------
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.counter_languages())
+def test_random_counter_languages_conform(lang):
+    check_language(lang, 7, n_samples=500)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 10_000))
+def test_counter_languages_with_unbounded_geometric_priors(n_blocks, seed):
+    rng = np.random.default_rng(seed)
+    blocks = [fl.Block("ab"[i % 2], int(rng.integers(1, 3)), ["n", "m"][int(rng.integers(2))])
+              for i in range(n_blocks + 1)]
+    priors = {v: fl.Geometric(float(rng.choice([0.5, 0.7])), int(rng.integers(1, 3)))
+              for v in {b.var for b in blocks}}
+    check_language(fl.CounterLanguage("geo", blocks, priors), 8, n_samples=500)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(counter_languages())
-def test_random_counter_languages_conform(lang):
-    check_language(lang, 7, n_samples=500)
+@given(ft.pfsas(deterministic=True, min_halt=0.3))
+def test_random_pdfas_conform(lang):
+    check_language(lang, 8, n_samples=800)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.pfsas(deterministic=False, min_halt=0.3))
+def test_random_nondeterministic_pfsas_conform(lang):
+    check_language(lang, 8, n_samples=800)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.pcfgs())
+def test_random_pcfgs_conform(lang):
+    check_language(lang, 7, n_samples=800)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 10_000), st.sampled_from([0.5, 1.0]))
+def test_random_pdfa_generator(n_states, seed, density):
+    lang = fl.random_pdfa(n_states, ("a", "b"), seed=seed, density=density,
+                          stop_prob=(0.4, 0.7))
+    assert lang.deterministic
+    check_language(lang, 8, n_samples=500)
 
 
 @settings(max_examples=8, deadline=None)
@@ -104,24 +115,3 @@ def test_random_dyck_languages_conform(lo, width, nested):
     lang = fl.DyckLanguage("d", pairs, fl.Uniform(lo, lo + width), nested=nested or len(pairs) == 1)
     check_language(lang, 8 if len(pairs) == 1 else 6, n_samples=500)
 
-
-@settings(max_examples=15, deadline=None)
-@given(st.integers(1, 4), st.integers(0, 10_000), st.sampled_from([0.5, 1.0]))
-def test_random_pdfas_conform(n_states, seed, density):
-    lang = fl.random_pdfa(n_states, ("a", "b"), seed=seed, density=density,
-                          stop_prob=(0.4, 0.7))
-    check_language(lang, 9, n_samples=800)
-
-
-@settings(max_examples=10, deadline=None)
-@given(st.integers(0, 10_000))
-def test_random_nondeterministic_pfsas(seed):
-    rng = np.random.default_rng(seed)
-    arcs, final = [], {}
-    for q in range(3):
-        w = rng.dirichlet(np.ones(5))
-        final[q] = 0.3 + 0.4 * w[0]
-        rest = (1 - final[q]) * w[1:] / w[1:].sum()
-        arcs += [(q, "ab"[i % 2], int(rng.integers(3)), float(p)) for i, p in enumerate(rest)]
-    lang = fl.PFSA("nd", arcs, final, 0, alphabet=("a", "b"))
-    check_language(lang, 8, n_samples=800)

@@ -1,0 +1,250 @@
+"""LSTM and Elman (tanh) RNN language models.
+
+Shape glossary:
+
+  B  batch size        T  sequence length        V  vocab_size
+  D  d_model (embedding width)                   N  hidden (recurrent width)
+  L  n_layers
+
+Layout: embedding -> dropout -> L recurrent layers (dropout after each) ->
+linear projection to the vocabulary. The full-sequence pass runs each layer as
+one ``jax.lax.scan`` over time (input projections for all steps are computed
+up front); ``step`` applies the same cell math to one token, so both paths
+agree to float tolerance. All carries start at zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from formal_lm.models.transformer import _as_rngs, _dropout, _dropout_problems, _int_problems, _raise_if
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig:
+    """Hyper-parameters of :class:`LSTMLM`.
+
+    Args:
+      vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
+      d_model: embedding width.
+      hidden: LSTM state width of every layer.
+      n_layers: number of stacked LSTM layers.
+      dropout: rate on the embeddings and on every layer's output (train mode only).
+
+    Example:
+      >>> LSTMConfig(vocab_size=8, hidden=32).hidden
+      32
+    """
+
+    vocab_size: int
+    d_model: int = 16
+    hidden: int = 64
+    n_layers: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
+        _raise_if(problems + _dropout_problems(self), type(self).__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNConfig:
+    """Hyper-parameters of :class:`RNNLM` (Elman network, tanh).
+
+    Args:
+      vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
+      d_model: embedding width.
+      hidden: recurrent state width of every layer.
+      n_layers: number of stacked recurrent layers.
+      dropout: rate on the embeddings and on every layer's output (train mode only).
+
+    Example:
+      >>> RNNConfig(vocab_size=8, n_layers=2).n_layers
+      2
+    """
+
+    vocab_size: int
+    d_model: int = 16
+    hidden: int = 64
+    n_layers: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
+        _raise_if(problems + _dropout_problems(self), type(self).__name__)
+
+
+# --------------------------------------------------------------------------- cells
+# A layer exposes ``carry_names``, ``zero_carry(B)``, ``scan(x) -> ys`` and
+# ``cell(x_t, carry) -> (y_t, carry)``; carries are tuples of [B, N] arrays.
+
+
+def _lstm_update(gates, c):
+    """gates [B, 4N] (input, forget, cell, output pre-activations), c [B, N] -> (h, c)."""
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # forget bias +1
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return h, c
+
+
+class _LSTMLayer(nnx.Module):
+    carry_names = ("h", "c")
+
+    def __init__(self, d_in: int, hidden: int, rngs: nnx.Rngs):
+        self.hidden = hidden
+        self.w_in = nnx.Linear(d_in, 4 * hidden, rngs=rngs)  # input -> gates, with bias
+        self.w_rec = nnx.Linear(hidden, 4 * hidden, use_bias=False, rngs=rngs)  # h -> gates
+
+    def zero_carry(self, b):
+        z = jnp.zeros((b, self.hidden), jnp.float32)
+        return (z, z)
+
+    def scan(self, x):  # [B, T, D_in] -> [B, T, N]
+        u = self.w_rec.kernel[...]  # [N, 4N]
+        xs = jnp.swapaxes(self.w_in(x), 0, 1)  # [T, B, 4N]
+
+        def body(carry, x_t):
+            h, c = _lstm_update(x_t + carry[0] @ u, carry[1])
+            return (h, c), h
+
+        _, ys = jax.lax.scan(body, self.zero_carry(x.shape[0]), xs)
+        return jnp.swapaxes(ys, 0, 1)
+
+    def cell(self, x_t, carry):  # [B, D_in], ([B, N], [B, N])
+        h, c = _lstm_update(self.w_in(x_t) + carry[0] @ self.w_rec.kernel[...], carry[1])
+        return h, (h, c)
+
+
+class _ElmanLayer(nnx.Module):
+    carry_names = ("h",)
+
+    def __init__(self, d_in: int, hidden: int, rngs: nnx.Rngs):
+        self.hidden = hidden
+        self.w_in = nnx.Linear(d_in, hidden, rngs=rngs)
+        self.w_rec = nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs)
+
+    def zero_carry(self, b):
+        return (jnp.zeros((b, self.hidden), jnp.float32),)
+
+    def scan(self, x):  # [B, T, D_in] -> [B, T, N]
+        u = self.w_rec.kernel[...]  # [N, N]
+        xs = jnp.swapaxes(self.w_in(x), 0, 1)  # [T, B, N]
+
+        def body(carry, x_t):
+            h = jnp.tanh(x_t + carry[0] @ u)
+            return (h,), h
+
+        _, ys = jax.lax.scan(body, self.zero_carry(x.shape[0]), xs)
+        return jnp.swapaxes(ys, 0, 1)
+
+    def cell(self, x_t, carry):
+        h = jnp.tanh(self.w_in(x_t) + carry[0] @ self.w_rec.kernel[...])
+        return h, (h,)
+
+
+# --------------------------------------------------------------------------- LMs
+
+
+def _build(lm: nnx.Module, cfg, layer_cls, rngs: nnx.Rngs) -> None:
+    lm.config = cfg
+    lm.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+    dims = [cfg.d_model] + [cfg.hidden] * (cfg.n_layers - 1)
+    lm.layers = nnx.List([layer_cls(d, cfg.hidden, rngs) for d in dims])
+    lm.drop = _dropout(cfg.dropout, rngs)
+    lm.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
+
+
+def _forward(lm, ids, rngs):
+    rngs = _as_rngs(rngs)
+    x = lm.drop(lm.embed(ids), rngs=rngs)  # [B, T, D]
+    for layer in lm.layers:
+        x = lm.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
+    return lm.unembed(x).astype(jnp.float32)  # [B, T, V]
+
+
+def _init_state(lm, batch_size):
+    state = {"pos": jnp.zeros((), jnp.int32)}
+    carries = [layer.zero_carry(batch_size) for layer in lm.layers]
+    for j, name in enumerate(lm.layers[0].carry_names):
+        state[name] = jnp.stack([c[j] for c in carries])  # [L, B, N]
+    return state
+
+
+def _step(lm, tokens, state, rngs):
+    rngs = _as_rngs(rngs)
+    names = lm.layers[0].carry_names
+    x = lm.drop(lm.embed(tokens), rngs=rngs)  # [B, D]
+    new = {name: [] for name in names}
+    for i, layer in enumerate(lm.layers):
+        y, carry = layer.cell(x, tuple(state[name][i] for name in names))
+        x = lm.drop(y, rngs=rngs)  # [B, N]
+        for name, c in zip(names, carry):
+            new[name].append(c)
+    out = {"pos": state["pos"] + 1, **{name: jnp.stack(v) for name, v in new.items()}}
+    return lm.unembed(x).astype(jnp.float32), out  # [B, V]
+
+
+class LSTMLM(nnx.Module):
+    """Stacked-LSTM language model; build it with ``make("lstm", ...)``.
+
+    ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
+    ``init_state(B)`` -> {"pos": int32 [], "h", "c": [L, B, N]};
+    ``step(tokens [B], state)`` -> (logits [B, V], state), O(1) per token.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> m = LSTMLM(LSTMConfig(vocab_size=6, d_model=4, hidden=8), rngs=nnx.Rngs(0))
+      >>> m(jnp.array([[1, 3, 2]], dtype=jnp.int32)).shape
+      (1, 3, 6)
+    """
+
+    def __init__(self, config: LSTMConfig, *, rngs: nnx.Rngs):
+        _build(self, config, _LSTMLayer, rngs)
+
+    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """ids int32 [B, T] -> logits float32 [B, T, V]."""
+        return _forward(self, ids, rngs)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
+        """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
+        return _init_state(self, batch_size)
+
+    def step(self, tokens, state, *, rngs=None):
+        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
+        return _step(self, tokens, state, rngs)
+
+
+class RNNLM(nnx.Module):
+    """Stacked Elman (tanh) RNN language model; build it with ``make("rnn", ...)``.
+
+    ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
+    ``init_state(B)`` -> {"pos": int32 [], "h": [L, B, N]};
+    ``step(tokens [B], state)`` -> (logits [B, V], state), O(1) per token.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> m = RNNLM(RNNConfig(vocab_size=6, d_model=4, hidden=8), rngs=nnx.Rngs(0))
+      >>> m(jnp.array([[1, 3, 2]], dtype=jnp.int32)).shape
+      (1, 3, 6)
+    """
+
+    def __init__(self, config: RNNConfig, *, rngs: nnx.Rngs):
+        _build(self, config, _ElmanLayer, rngs)
+
+    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """ids int32 [B, T] -> logits float32 [B, T, V]."""
+        return _forward(self, ids, rngs)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
+        """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
+        return _init_state(self, batch_size)
+
+    def step(self, tokens, state, *, rngs=None):
+        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
+        return _step(self, tokens, state, rngs)

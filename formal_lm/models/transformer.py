@@ -1,0 +1,350 @@
+"""Decoder-only causal transformer language model.
+
+Shape glossary (used in the ``# [..]`` comments below):
+
+  B  batch size                     T  sequence length (positions 0..T-1)
+  D  d_model                        V  vocab_size
+  H  n_heads                        K  head dim = D // H
+  F  d_ff                           L  n_layers
+  S  KV-cache length (``max_len`` given to ``init_state``)
+
+Positions always come from the index of a token inside its sequence
+(``jnp.arange(T)`` in the full pass, ``state["pos"]`` when stepping), never from
+its slot in the batch.
+
+This module also holds a few private helpers (config checking, dropout rngs)
+that ``recurrent.py`` and ``lru.py`` reuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
+NORMS = ("pre", "post")
+_NEG = -1e30  # additive mask value; exp() of it underflows to exactly 0 in float32
+
+
+# --------------------------------------------------------------------------- helpers
+# (shared with recurrent.py and lru.py)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int_problems(cfg: Any, minimums: dict[str, int]) -> list[str]:
+    """Returns one message per field of ``cfg`` that is not an int >= its minimum."""
+    return [
+        f"{name}={getattr(cfg, name)!r}: must be an integer >= {lo}"
+        for name, lo in minimums.items()
+        if not (_is_int(getattr(cfg, name)) and getattr(cfg, name) >= lo)
+    ]
+
+
+def _dropout_problems(cfg: Any) -> list[str]:
+    p = cfg.dropout
+    ok = isinstance(p, (int, float, np.floating)) and not isinstance(p, bool) and 0.0 <= p < 1.0
+    return [] if ok else [f"dropout={p!r}: must be a float in [0, 1)"]
+
+
+def _raise_if(problems: list[str], cfg_name: str) -> None:
+    if problems:
+        raise ValueError(f"invalid {cfg_name}: " + "; ".join(problems))
+
+
+def _as_rngs(rngs: nnx.Rngs | jax.Array | None) -> nnx.Rngs | None:
+    """Normalises the optional ``rngs`` argument of ``__call__``/``step``.
+
+    A bare key is wrapped in ``nnx.Rngs(dropout=key)`` so that every dropout layer
+    draws a different sub-key from it (passing the key itself to each
+    ``nnx.Dropout`` would reuse one mask everywhere).
+    """
+    if rngs is None or isinstance(rngs, nnx.Rngs):
+        return rngs
+    if isinstance(rngs, jax.Array):
+        return nnx.Rngs(dropout=rngs)
+    raise TypeError(f"rngs must be None, an nnx.Rngs or a jax PRNG key, got {type(rngs).__name__}")
+
+
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
+    # Built in eval mode: dropout only acts after ``model.train()``.
+    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of :class:`TransformerLM` (validated at construction).
+
+    Args:
+      vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
+      d_model: residual width D; must be divisible by ``n_heads``.
+      n_heads: attention heads H; head dim K = d_model // n_heads (even for rope).
+      d_ff: hidden width of the GELU MLP.
+      n_layers: number of blocks.
+      max_len: size of the learned position table; default KV-cache length.
+      pos_encoding: one of "learned", "sinusoidal", "rope", "alibi", "none".
+      norm: "pre" (LayerNorm before each sublayer, plus a final norm) or "post".
+      dropout: rate on embeddings and on each sublayer output (train mode only).
+
+    Example:
+      >>> TransformerConfig(vocab_size=8, d_model=10, n_heads=5).d_model
+      10
+    """
+
+    vocab_size: int
+    d_model: int = 16
+    n_heads: int = 2
+    d_ff: int = 64
+    n_layers: int = 2
+    max_len: int = 512
+    pos_encoding: str = "learned"
+    norm: str = "pre"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = _int_problems(
+            self,
+            {"vocab_size": 4, "d_model": 1, "n_heads": 1, "d_ff": 1, "n_layers": 1, "max_len": 1},
+        )
+        problems += _dropout_problems(self)
+        if self.pos_encoding not in POS_ENCODINGS:
+            problems.append(f"pos_encoding={self.pos_encoding!r}: must be one of {POS_ENCODINGS}")
+        if self.norm not in NORMS:
+            problems.append(f"norm={self.norm!r}: must be one of {NORMS}")
+        if _is_int(self.d_model) and _is_int(self.n_heads) and self.n_heads >= 1:
+            if self.d_model % self.n_heads:
+                problems.append(
+                    f"d_model={self.d_model!r} is not divisible by n_heads={self.n_heads!r}"
+                )
+            elif self.pos_encoding == "rope" and (self.d_model // self.n_heads) % 2:
+                problems.append(
+                    f"pos_encoding='rope' needs an even head dim, got d_model // n_heads = "
+                    f"{self.d_model // self.n_heads}; change d_model or n_heads"
+                )
+        _raise_if(problems, "TransformerConfig")
+
+
+# --------------------------------------------------------------------------- positional
+
+
+def _sinusoid(pos: jax.Array, d: int) -> jax.Array:
+    """Fixed sin/cos table rows for ``pos`` [T] -> [T, D] (works for odd D too)."""
+    i = np.arange(d)
+    inv_freq = 1.0 / (10000.0 ** (2 * (i // 2) / d))  # [D]
+    ang = pos.astype(jnp.float32)[:, None] * inv_freq[None, :].astype(np.float32)
+    return jnp.where(i % 2 == 0, jnp.sin(ang), jnp.cos(ang))
+
+
+def _rope(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head of ``x`` [B, T, H, K] by angles pos * freq."""
+    half = x.shape[-1] // 2
+    inv_freq = (1.0 / (10000.0 ** (np.arange(half) * 2.0 / x.shape[-1]))).astype(np.float32)
+    ang = pos.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, K/2]
+    cos = jnp.cos(ang)[None, :, None, :]  # [1, T, 1, K/2]
+    sin = jnp.sin(ang)[None, :, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+
+
+def _alibi_slopes(n_heads: int) -> np.ndarray:
+    """Per-head ALiBi slopes: a geometric sequence starting at 2^(-8/n).
+
+    For a head count that is not a power of two, take the slopes of the nearest
+    smaller power of two and fill up with every other slope of twice that count.
+    """
+
+    def geometric(n: int) -> list[float]:
+        first = 2.0 ** (-8.0 / n)
+        return [first ** (k + 1) for k in range(n)]
+
+    p = 2 ** int(math.floor(math.log2(n_heads)))
+    slopes = geometric(p)
+    if p != n_heads:
+        slopes += geometric(2 * p)[0::2][: n_heads - p]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+def _attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    slopes: np.ndarray | None,
+) -> jax.Array:
+    """Causal attention: query i sees key j iff k_pos[j] <= q_pos[i].
+
+    q: [B, T, H, K]; k, v: [B, S, H, K]; q_pos: [T]; k_pos: [S] -> [B, T, H, K].
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32) * scale  # [B, H, T, S]
+    dist = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)  # [T, S]
+    if slopes is not None:
+        scores = scores - jnp.asarray(slopes)[:, None, None] * dist  # ALiBi
+    mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
+    scores = jnp.where(mask, scores, _NEG)
+    weights = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S] float32
+    return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class _Block(nnx.Module):
+    """One attention + MLP block, pre- or post-LayerNorm."""
+
+    def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.norm = cfg.norm
+        self.pos_encoding = cfg.pos_encoding
+        self.query = nnx.Linear(d, d, rngs=rngs)
+        self.key = nnx.Linear(d, d, rngs=rngs)
+        self.value = nnx.Linear(d, d, rngs=rngs)
+        self.attn_out = nnx.Linear(d, d, rngs=rngs)
+        self.fc1 = nnx.Linear(d, cfg.d_ff, rngs=rngs)
+        self.fc2 = nnx.Linear(cfg.d_ff, d, rngs=rngs)
+        self.ln1 = nnx.LayerNorm(d, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(d, rngs=rngs)
+        self.drop = _dropout(cfg.dropout, rngs)
+
+    def _attention(self, h, pos, cache):
+        """h: [B, T, D], pos: [T] -> ([B, T, D], cache).
+
+        ``cache`` is None (attend within h) or (k_cache, v_cache), each [B, S, H, K]:
+        the new keys/values are written at positions pos[0]..pos[0]+T-1 and the
+        queries attend over the whole cache (unwritten slots are masked out).
+        """
+        b, t, d = h.shape
+        shape = (b, t, self.n_heads, d // self.n_heads)
+        q = self.query(h).reshape(shape)  # [B, T, H, K]
+        k = self.key(h).reshape(shape)
+        v = self.value(h).reshape(shape)
+        if self.pos_encoding == "rope":
+            q, k = _rope(q, pos), _rope(k, pos)
+        if cache is None:
+            k_all, v_all, k_pos = k, v, pos
+        else:
+            start = (0, pos[0], 0, 0)
+            k_all = jax.lax.dynamic_update_slice(cache[0], k, start)  # [B, S, H, K]
+            v_all = jax.lax.dynamic_update_slice(cache[1], v, start)
+            k_pos = jnp.arange(k_all.shape[1])
+            cache = (k_all, v_all)
+        slopes = _alibi_slopes(self.n_heads) if self.pos_encoding == "alibi" else None
+        o = _attend(q, k_all, v_all, pos, k_pos, slopes).reshape(b, t, d)  # [B, T, D]
+        return self.attn_out(o), cache
+
+    def _mlp(self, h):
+        return self.fc2(jax.nn.gelu(self.fc1(h)))  # [B, T, D]
+
+    def __call__(self, x, pos, cache, rngs):
+        if self.norm == "pre":
+            a, cache = self._attention(self.ln1(x), pos, cache)
+            x = x + self.drop(a, rngs=rngs)
+            x = x + self.drop(self._mlp(self.ln2(x)), rngs=rngs)
+        else:
+            a, cache = self._attention(x, pos, cache)
+            x = self.ln1(x + self.drop(a, rngs=rngs))
+            x = self.ln2(x + self.drop(self._mlp(x), rngs=rngs))
+        return x, cache
+
+
+class TransformerLM(nnx.Module):
+    """Decoder-only causal transformer LM; build it with ``make("transformer", ...)``.
+
+    Call ``model(ids)`` with ids int32 [B, T] for logits float32 [B, T, V], or
+    decode one token at a time with ``init_state`` / ``step`` (KV cache).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> cfg = TransformerConfig(vocab_size=6, d_model=8, n_heads=2, d_ff=16, n_layers=1)
+      >>> model = TransformerLM(cfg, rngs=nnx.Rngs(0))
+      >>> model(jnp.array([[1, 3, 4, 2]], dtype=jnp.int32)).shape
+      (1, 4, 6)
+    """
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d = config.d_model
+        self.embed = nnx.Embed(config.vocab_size, d, rngs=rngs)
+        if config.pos_encoding == "learned":
+            self.pos_embed = nnx.Embed(config.max_len, d, rngs=rngs)
+        else:
+            self.pos_embed = None
+        self.blocks = nnx.List([_Block(config, rngs) for _ in range(config.n_layers)])
+        self.final_norm = nnx.LayerNorm(d, rngs=rngs) if config.norm == "pre" else None
+        self.drop = _dropout(config.dropout, rngs)
+        self.unembed = nnx.Linear(d, config.vocab_size, rngs=rngs)
+
+    def _embed(self, ids, pos, rngs):
+        x = self.embed(ids)  # [B, T, D]
+        if self.config.pos_encoding == "learned":
+            x = x + self.pos_embed(pos)[None]
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + _sinusoid(pos, self.config.d_model)[None]
+        return self.drop(x, rngs=rngs)
+
+    def _head(self, x):
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return self.unembed(x).astype(jnp.float32)  # [B, T, V]
+
+    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """ids int32 [B, T] -> logits float32 [B, T, V]."""
+        rngs = _as_rngs(rngs)
+        t = ids.shape[1]
+        if self.config.pos_encoding == "learned" and t > self.config.max_len:
+            raise ValueError(
+                f"sequence length T={t} exceeds max_len={self.config.max_len} of the learned "
+                "position table; build the model with a larger max_len"
+            )
+        pos = jnp.arange(t)  # [T]: position within each sequence, shared by all rows
+        x = self._embed(ids, pos, rngs)
+        for block in self.blocks:
+            x, _ = block(x, pos, None, rngs)
+        return self._head(x)
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
+        """Empty KV cache: {"pos": int32 [], "k", "v": float32 [L, B, S, H, K]}.
+
+        ``S = max_len`` (default ``config.max_len``) bounds how many tokens can be fed
+        to ``step``; writing past it is not checked inside jit and gives wrong logits.
+        """
+        cfg = self.config
+        s = cfg.max_len if max_len is None else max_len
+        if cfg.pos_encoding == "learned" and s > cfg.max_len:
+            raise ValueError(f"max_len={s} exceeds the learned position table size {cfg.max_len}")
+        shape = (cfg.n_layers, batch_size, s, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        zeros = jnp.zeros(shape, jnp.float32)
+        return {"pos": jnp.zeros((), jnp.int32), "k": zeros, "v": zeros}
+
+    def step(
+        self,
+        tokens: jax.Array,
+        state: dict[str, jax.Array],
+        *,
+        rngs: nnx.Rngs | jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Feeds tokens int32 [B] at position ``state["pos"]``; returns ([B, V], new state)."""
+        rngs = _as_rngs(rngs)
+        pos = state["pos"][None]  # [1]
+        x = self._embed(tokens[:, None], pos, rngs)  # [B, 1, D]
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, pos, (state["k"][i], state["v"][i]), rngs)
+            ks.append(k)
+            vs.append(v)
+        logits = self._head(x)[:, 0]  # [B, V]
+        return logits, {"pos": state["pos"] + 1, "k": jnp.stack(ks), "v": jnp.stack(vs)}

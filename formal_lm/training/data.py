@@ -1,0 +1,149 @@
+"""Training, validation and test data: exact samples, drawn statelessly from (seed, stream, step).
+
+Every random draw goes through :func:`derive`, which maps ``(seed, stream, *indices)`` to a
+32-bit seed with numpy's ``SeedSequence``. The batch of step ``t`` for seed ``s`` is a pure
+function of ``(s, t)``, so the "data RNG state" of a run is its step counter: a run resumed from
+a checkpoint draws exactly the batches an uninterrupted run would have drawn.
+
+Streams: TRAIN (each seed its own), VAL and TEST (shared by all seeds, so seeds are compared on
+the same held-out strings and a seed trained alone sees what it sees among others), MODEL (init),
+DROPOUT, OOD (objective prompts).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from formal_lm.errors import FormalLMError, Problem
+from formal_lm.training.config import DataConfig
+
+TRAIN, VAL, TEST, MODEL, DROPOUT, OOD = range(6)
+SHARED = 0  # seed used for the VAL and TEST streams
+
+
+def derive(seed: int, stream: int, *indices: int) -> int:
+    """A 31-bit seed for ``(seed, stream, *indices)``; distinct tuples give independent seeds.
+
+    Example:
+        >>> derive(0, TRAIN, 5) == derive(0, TRAIN, 5), derive(0, TRAIN, 5) == derive(0, VAL, 5)
+        (True, False)
+    """
+    words = [int(seed), int(stream), *[2 * i if i >= 0 else -2 * i - 1 for i in map(int, indices)]]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
+
+
+def bucket_length(n: int, bucket: int, max_length: int) -> int:
+    """``n`` tokens rounded up to a multiple of ``bucket``, capped at ``max_length``."""
+    return min(max_length, bucket * math.ceil(n / bucket))
+
+
+def _length_probs(lang, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(lang.length_distribution(hi), float)[lo: hi + 1]
+    lengths = np.arange(lo, hi + 1)
+    keep = p > 0
+    if not keep.any():
+        raise FormalLMError(Problem(f"the language {lang.name!r} has no strings with length in "
+                                    f"[lo={lo}, hi={hi}]", "change data.lo / data.hi"))
+    return lengths[keep], p[keep] / p[keep].sum()
+
+
+class Source:
+    """Strings for one seed: ``strings(step)`` is the training batch of that optimizer step.
+
+    Args:
+        lang: the language.
+        cfg: the data config.
+        seed: the run seed (the data stream derives from it).
+        batch_size: strings per step.
+        stream: TRAIN for training data; VAL/TEST build held-out sets with :func:`held_out`.
+    """
+
+    def __init__(self, lang, cfg: DataConfig, seed: int, batch_size: int, stream: int = TRAIN):
+        self.lang, self.cfg, self.seed, self.batch_size, self.stream = (
+            lang, cfg, seed, batch_size, stream)
+        self.max_symbols = cfg.max_length - 2
+        if cfg.lo is not None:
+            self.lengths, self.length_p = _length_probs(lang, cfg.lo, cfg.hi)
+        self.dataset = self._fixed_dataset() if cfg.mode == "fixed" else None
+
+    # -- drawing ----------------------------------------------------------------------------
+    def _fresh(self, n: int, key: tuple) -> list:
+        """``n`` samples no longer than max_length (too long ones are redrawn)."""
+        out, attempt = [], 0
+        while len(out) < n:
+            got = self.lang.sample(n - len(out), seed=derive(self.seed, self.stream, *key, attempt))
+            out += [s for s in got if len(s) <= self.max_symbols]
+            attempt += 1
+            if attempt > 1000:
+                raise FormalLMError(Problem(
+                    f"could not draw strings of at most {self.max_symbols} symbols from "
+                    f"{self.lang.name!r}", "raise data.max_length"))
+        return out
+
+    def _in_range(self, n: int, key: tuple) -> list:
+        """``n`` samples with lengths drawn from the length distribution restricted to [lo, hi]."""
+        rng = np.random.default_rng(derive(self.seed, self.stream, *key))
+        ls = rng.choice(self.lengths, size=n, p=self.length_p)
+        out: list = [None] * n
+        for L in np.unique(ls):
+            idx = np.flatnonzero(ls == L)
+            got = self.lang.sample(len(idx), seed=derive(self.seed, self.stream, *key, int(L)),
+                                   length=int(L))
+            for i, s in zip(idx, got):
+                out[i] = s
+        return out
+
+    def _fixed_dataset(self) -> list:
+        cfg = self.cfg
+        if cfg.per_length is not None:
+            out = []
+            for L in self.lengths:
+                out += self.lang.sample(cfg.per_length,
+                                        seed=derive(self.seed, self.stream, -1, int(L)),
+                                        length=int(L))
+            return out
+        return self._fresh(cfg.dataset_size, (-1,))
+
+    @functools.lru_cache(maxsize=4)
+    def _perm(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng(derive(self.seed, self.stream, -2, epoch))
+        return rng.permutation(len(self.dataset))
+
+    def strings(self, step: int) -> list:
+        """The training strings of optimizer step ``step`` (0-based)."""
+        B = self.batch_size
+        if self.cfg.mode == "fresh":
+            return self._fresh(B, (step,))
+        if self.cfg.mode == "length_range":
+            return self._in_range(B, (step,))
+        N, out = len(self.dataset), []
+        for i in range(step * B, (step + 1) * B):
+            epoch, j = divmod(i, N)
+            out.append(self.dataset[self._perm(epoch)[j]])
+        return out
+
+
+def held_out(lang, cfg: DataConfig, stream: int = VAL, n: int | None = None) -> list:
+    """A held-out set from the VAL (or TEST) stream, drawn like the training data.
+
+    "fresh" and "fixed" with ``dataset_size`` draw fresh samples; "length_range" and per-length
+    "fixed" draw lengths in [lo, hi]. Shared by all seeds.
+    """
+    n = cfg.eval_size if n is None else n
+    src = Source(lang, _as_fresh(cfg), SHARED, n, stream=stream)
+    return src._in_range(n, (0,)) if cfg.lo is not None else src._fresh(n, (0,))
+
+
+def _as_fresh(cfg: DataConfig) -> DataConfig:
+    import dataclasses
+    if cfg.lo is not None:
+        return dataclasses.replace(cfg, mode="length_range", dataset_size=None, per_length=None)
+    return dataclasses.replace(cfg, mode="fresh", dataset_size=None, per_length=None, lo=None,
+                               hi=None)
+
+
+def encode(lang, strings: list, length: int) -> np.ndarray:
+    """int32 [B, length] right-padded ``[BOS, s..., EOS, PAD...]``."""
+    return lang.vocab.batch(strings, length=length)

@@ -1,0 +1,335 @@
+"""Training engine: configs, losses, data streams, vmapped seeds, determinism, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import formal_lm as fl
+from formal_lm.errors import FormalLMError
+from formal_lm.training import (DataConfig, ObjectiveConfig, TrainConfig, load_checkpoint,
+                                load_config, load_models, model_fn, train)
+from formal_lm.training import checkpoint as ckpt
+from formal_lm.training import data as tdata
+from formal_lm.training import engine, objectives
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = dict(d_model=8, n_heads=2, d_ff=16, n_layers=1)
+
+
+def tiny_lang():
+    return fl.CounterLanguage("anbn-tiny", [fl.Block("a", 1, "n"), fl.Block("b", 1, "n")],
+                              {"n": fl.Uniform(1, 4)})
+
+
+def tiny_config(**kw):
+    base = dict(language=tiny_lang(), steps=20, seeds=(0, 1, 2), batch_size=8, lr=1e-2,
+                eval_every=10, checkpoint_every=10, model_config=TINY_MODEL,
+                data=DataConfig(max_length=16, bucket=8, eval_size=32))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- configs
+def write(tmp_path, text) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_load_config_roundtrip(tmp_path):
+    p = write(tmp_path, """
+        language = "anbn"
+        steps = 100
+        seeds = 4
+        [model]
+        name = "lstm"
+        hidden = 16
+        [optimizer]
+        name = "sgd"
+        lr = 0.1
+        schedule = "cosine"
+        warmup_steps = 10
+        [data]
+        mode = "fixed"
+        per_length = 1
+        lo = 2
+        hi = 20
+        max_length = 32
+        [objective]
+        name = "extrapolation"
+        weight = 0.5
+        """)
+    cfg = load_config(p)
+    assert cfg.seeds == (0, 1, 2, 3) and cfg.model == "lstm" and cfg.model_config == {"hidden": 16}
+    assert cfg.optimizer == "sgd" and cfg.schedule == "cosine" and cfg.data.per_length == 1
+    assert cfg.objective == ObjectiveConfig(name="extrapolation", weight=0.5)
+    from formal_lm.training.config import config_from_dict
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('language="anbn"\nsteps=1\nstepz=3\n', "'stepz'"),
+    ('language="anbn"\nsteps=1\n[optimizer]\nnmae="sgd"\n', "optimizer.nmae"),
+    ('language="anbn"\nsteps=1\n[model]\nd_modle=3\n', "model.d_modle"),
+    ('language="anbn"\nsteps=1\n[data]\nlo=3\n', "data.lo is unused"),
+    ('language="anbn"\nsteps=1\n[objective]\nweight=3.0\n', "objective.weight is unused"),
+    ('language="anbn"\nsteps=1\n[optimizer]\nname="adam"\n', "adamw"),
+    ('language="anbn"\nsteps=1\n[optimizer]\nschedule="exp"\n', "cosine"),
+    ('language="anbn"\nsteps=1\n[data]\nmode="stream"\n', "length_range"),
+    ('language="anbn"\nsteps=0\n', "steps=0"),
+])
+def test_load_config_errors_name_key_and_file(tmp_path, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(FormalLMError) as e:
+        load_config(p)
+    assert needle in str(e.value) and str(p) in str(e.value)
+
+
+def test_config_gathers_every_problem():
+    with pytest.raises(FormalLMError) as e:
+        TrainConfig(language="anbn", steps=-1, lr=-1.0, optimizer="adam")
+    assert len(e.value.problems) == 3
+
+
+# ----------------------------------------------------------------------------- losses
+def test_masked_nll_counts_eos_not_pad():
+    ids = jnp.array([[1, 3, 4, 2, 0, 0]])
+    V = 5
+    logits = jnp.zeros((1, 5, V))  # uniform: every real target costs log V
+    s, n = engine.masked_nll(logits, ids)
+    assert int(n) == 3  # a, b, EOS
+    np.testing.assert_allclose(float(s), 3 * np.log(V), rtol=1e-6)
+
+
+def test_kl_zero_for_the_true_distribution_and_positive_otherwise():
+    lang = tiny_lang()
+    ids = lang.vocab.batch(lang.sample(16, seed=0), length=12)
+    p = lang.next_token_probs(ids)[:, :-1]
+    exact = jnp.log(jnp.maximum(jnp.asarray(p, jnp.float32), 1e-30))
+    assert abs(float(engine.kl_sum(p, exact))) < 1e-5
+    assert float(engine.kl_sum(p, jnp.zeros(p.shape))) > 0.1
+
+
+def test_schedule_warmup_then_decay():
+    cfg = tiny_config(steps=100, warmup_steps=10, schedule="linear", lr=1.0)
+    s = engine.make_schedule(cfg)
+    assert float(s(0)) == 0.0 and abs(float(s(10)) - 1.0) < 1e-6 and float(s(100)) < 1e-6
+
+
+# ----------------------------------------------------------------------------- data
+def test_data_streams_are_stateless_and_seeded():
+    lang, cfg = tiny_lang(), DataConfig(max_length=16)
+    a = tdata.Source(lang, cfg, 0, 32).strings(5)
+    assert a == tdata.Source(lang, cfg, 0, 32).strings(5)
+    assert a != tdata.Source(lang, cfg, 1, 32).strings(5)
+    assert a != tdata.Source(lang, cfg, 0, 32).strings(6)
+
+
+def test_validation_set_is_not_the_training_set():
+    lang = fl.load("anbn-short")
+    cfg = DataConfig(mode="fixed", dataset_size=64, max_length=40, eval_size=64)
+    src = tdata.Source(lang, cfg, 0, 16)
+    val = tdata.held_out(lang, cfg)
+    assert val != src.dataset and sorted(val) != sorted(src.dataset)
+    fresh = DataConfig(max_length=40, eval_size=64)
+    assert tdata.held_out(lang, fresh) != tdata.Source(lang, fresh, 0, 64).strings(0)
+    assert tdata.held_out(lang, fresh) != tdata.held_out(lang, fresh, tdata.TEST)
+
+
+def test_fixed_per_length_every_length_once_per_epoch():
+    lang = fl.load("anbn-short")  # n in 1..16: lengths 2, 4, ..., 32
+    cfg = DataConfig(mode="fixed", per_length=1, lo=2, hi=32, max_length=34)
+    src = tdata.Source(lang, cfg, 3, 4)
+    epochs = [sorted(len(s) for t in range(4 * e, 4 * e + 4) for s in src.strings(t))
+              for e in range(2)]
+    assert epochs[0] == epochs[1] == list(range(2, 33, 2))
+    orders = [[len(s) for t in range(4 * e, 4 * e + 4) for s in src.strings(t)] for e in range(2)]
+    assert orders[0] != orders[1]  # reshuffled per epoch
+
+
+def test_length_range_respects_bounds():
+    lang = fl.load("anbn-short")
+    cfg = DataConfig(mode="length_range", lo=4, hi=10, max_length=34)
+    lens = {len(s) for s in tdata.Source(lang, cfg, 0, 64).strings(0)}
+    assert lens <= {4, 6, 8, 10} and len(lens) > 1
+
+
+# ----------------------------------------------------------------------------- objectives
+def test_ood_split_of_anbn():
+    split = objectives.ood_split(fl.load("anbn"), 8, 0)
+    assert (len(split["train"]), len(split["heldout"])) == (125, 126)
+    assert not set(split["train"]) & set(split["heldout"])
+    assert split == objectives.ood_split(fl.load("anbn"), 8, 0)
+
+
+def test_completion_targets_and_mask():
+    lang = fl.load("anbn")
+    p = tuple("bbbaaaab")  # 4 a, 4 b: balanced
+    q = tuple("babbbbbb")  # 1 a, 7 b: 6 more a
+    assert objectives.completion(lang, q, "extrapolation") == ("a",) * 6
+    assert objectives.completion(lang, q, "adversarial") == ("a",) * 7
+    assert objectives.completion(lang, p, "extrapolation") == ()
+    ids, mask = objectives.completion_batch(lang, [p, q], "extrapolation", length=20)
+    # targets ids[:, 1:]; the first completion target (EOS for p, 'a' for q) is at index 8
+    assert mask[0].tolist() == [0] * 8 + [1] + [0] * 10
+    assert mask[1].sum() == 7 and mask[1, 8] == 1 and ids[1, 9] == lang.vocab.id("a")
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run3")
+    return train(tiny_config(), d, progress=False), d
+
+
+def test_metrics_lines(run3):
+    res, d = run3
+    lines = metrics(d)
+    assert [(m["step"], m["seed"]) for m in lines] == [(s, k) for s in (10, 20) for k in (0, 1, 2)]
+    for m in lines:
+        assert {"loss", "val_loss", "kl", "optimal_loss", "loss_per_seq"} <= set(m)
+        assert m["kl"] >= -1e-6
+        assert m["val_loss"] >= m["optimal_loss"] - 0.05
+    assert res.final == lines[-3:] and res.step == 20
+
+
+def test_one_seed_alone_matches_the_batch(run3, tmp_path):
+    _, d = run3
+    train(tiny_config(seeds=(1,)), tmp_path, progress=False)
+    together = [m for m in metrics(d) if m["seed"] == 1]
+    for a, b in zip(metrics(tmp_path), together, strict=True):
+        for key in ("loss", "val_loss", "kl"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+
+
+def test_same_seed_same_metrics_file(run3, tmp_path):
+    _, d = run3
+    train(tiny_config(), tmp_path, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_text() == (d / "metrics.jsonl").read_text()
+
+
+def test_refuses_to_overwrite_a_run(run3):
+    _, d = run3
+    with pytest.raises(FormalLMError, match="resume"):
+        train(tiny_config(), d, progress=False)
+
+
+def test_compiles_once_per_bucket(tmp_path):
+    lang = fl.load("anbn-short")  # lengths up to 32 symbols
+    cfg = tiny_config(language=lang, steps=12, seeds=(0,), batch_size=2, eval_every=12,
+                      lr=0.0123,  # a signature no other test compiled
+                      data=DataConfig(max_length=16, bucket=8, eval_size=8))
+    res = train(cfg, tmp_path, progress=False)
+    assert len(res.buckets) > 1  # several lengths were seen ...
+    assert res.compiles == len(res.buckets)  # ... and each compiled exactly once
+
+
+def test_load_models_and_model_fn(run3):
+    res, d = run3
+    models = load_models(d, "best")
+    assert len(models) == 3
+    ids = jnp.array([[1, 3, 4, 2]], jnp.int32)
+    np.testing.assert_allclose(model_fn(d, 2)(ids), models[2](ids), rtol=1e-6)
+    last, meta = load_checkpoint(res.last_checkpoint)
+    assert meta["step"] == 20 and meta["seeds"] == [0, 1, 2]
+    # best per seed is the step of its lowest val_loss
+    for k, s in enumerate(res.seeds):
+        lines = [m for m in metrics(d) if m["seed"] == s]
+        assert res.best[k]["step"] == min(lines, key=lambda m: m["val_loss"])["step"]
+    with pytest.raises(FormalLMError):
+        load_models(d, "worst")
+
+
+def test_extrapolation_objective_and_split_export(tmp_path):
+    cfg = tiny_config(language=fl.load("anbn-short"), steps=10, seeds=(0,), eval_every=10,
+                      objective=ObjectiveConfig(name="extrapolation", batch_size=4),
+                      data=DataConfig(max_length=40, bucket=40, eval_size=16))
+    res = train(cfg, tmp_path, progress=False)
+    split = json.loads((tmp_path / "ood_split.json").read_text())
+    assert len(split["train"]) == 125 and len(split["heldout"]) == 126
+    assert {"ood_loss", "ood_heldout_loss"} <= set(res.final[0])
+
+
+def test_sgd_lstm_fixed_data(tmp_path):
+    cfg = tiny_config(model="lstm", model_config=dict(d_model=8, hidden=8), optimizer="sgd",
+                      lr=0.1, schedule="cosine", warmup_steps=3, seeds=(0, 1), steps=10,
+                      data=DataConfig(mode="fixed", per_length=1, lo=2, hi=8, max_length=12,
+                                      eval_size=16))
+    res = train(cfg, tmp_path, progress=False)
+    assert all(np.isfinite(m["loss"]) for m in res.final)
+
+
+# ----------------------------------------------------------------------------- kill + resume
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from test_training import tiny_config
+from formal_lm.training import train
+train(tiny_config(steps={steps}, checkpoint_every=5, eval_every=5), sys.argv[1],
+      resume=len(sys.argv) > 2, progress=False)
+"""
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    steps = 400
+    ref = train(tiny_config(steps=steps, checkpoint_every=5, eval_every=5), tmp_path / "ref",
+                progress=False)
+    run = tmp_path / "killed"
+    script = KILL_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), steps=steps)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(run)],
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    last = run / "checkpoints" / "last.msgpack"
+    deadline = time.time() + 120
+    try:
+        while not last.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert last.exists()
+    killed_at = ckpt.read(last)[0]["step"]
+    assert killed_at < steps, "the run finished before it was killed; make it longer"
+    res = train(tiny_config(steps=steps, checkpoint_every=5, eval_every=5), run, resume=True,
+                progress=False)
+    assert (run / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+    for which in ("last", "best"):
+        a = ckpt.read(run / "checkpoints" / f"{which}.msgpack")[1]["params"]
+        b = ckpt.read(tmp_path / "ref" / "checkpoints" / f"{which}.msgpack")[1]["params"]
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
+    assert res.final == ref.final
+
+
+# ----------------------------------------------------------------------------- shipped configs
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert len(cfg.seeds) >= 1 and cfg.steps >= 1
+
+
+@pytest.mark.slow
+def test_shipped_anbn_transformer_reaches_the_floor(tmp_path):
+    res = train(load_config(ROOT / "configs" / "anbn-transformer.toml"), tmp_path, progress=False)
+    assert all(m["val_loss"] - m["optimal_loss"] < 0.01 for m in res.best)
+
+
+def test_public_names_have_docstrings():
+    import formal_lm.training as t
+    for name in t.__all__:
+        assert getattr(t, name).__doc__, name

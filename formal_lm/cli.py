@@ -65,7 +65,11 @@ def cmd_train(args) -> None:
     from formal_lm.training import load_config, train
     cfg = load_config(args.config)
     result = train(cfg, args.out, resume=args.resume)
-    print(result)
+    print(f"{result.step} steps in {result.wall_time:.1f} s; exact optimal loss "
+          f"{result.optimal_loss:.5f} nats/token; checkpoints in {result.last_checkpoint.parent}")
+    print(f"{'seed':>6} {'loss':>9} {'val_loss':>9} {'kl':>9}   (last eval)")
+    for m in result.final:
+        print(f"{m['seed']:>6} {m['loss']:>9.5f} {m['val_loss']:>9.5f} {m['kl']:>9.5f}")
 
 
 def cmd_run(args) -> None:

@@ -1,0 +1,95 @@
+"""Next-symbol-set accuracy (Bhattamishra et al. 2020).
+
+At each position of a string of the language, the model's predicted set is the tokens it gives
+probability > ``threshold``; the legal set is the tokens with exact probability > 0 (symbols and
+EOS). A position is correct when the sets are equal; a string is correct when all its positions are.
+Positions whose prefix is impossible under the language have no legal set and are not scored.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from formal_lm.analysis._common import ModelFn, call_model, softmax, target_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAccuracy:
+    """Next-symbol-set accuracy on a group of strings (NaN when the group is empty)."""
+
+    n_strings: int
+    n_positions: int
+    per_position: float
+    per_string: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NextSymbolResult:
+    """Next-symbol-set accuracy, in distribution and out of it.
+
+    ``in_distribution`` holds strings no longer than ``train_max_length`` (all strings when it is
+    None); ``out_of_distribution`` the longer ones.
+    """
+
+    threshold: float
+    train_max_length: int | None
+    in_distribution: SetAccuracy
+    out_of_distribution: SetAccuracy
+    string_correct: tuple[bool, ...]  # per input string, in input order
+
+
+def set_correct(model_fn: ModelFn, lang, ids: np.ndarray, threshold: float, *,
+                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(correct [B, T], scored [B, T]) for ids [B, T]."""
+    probs = softmax(call_model(model_fn, ids, batch_size=batch_size))  # [B, T, V]
+    exact = lang.next_token_probs(ids)  # [B, T, V]
+    scored = target_mask(ids) & (exact.sum(-1) > 0)
+    correct = np.all((probs > threshold) == (exact > 0), axis=-1) & scored
+    return correct, scored
+
+
+def _accuracy(correct, scored) -> SetAccuracy:
+    n = len(correct)
+    if n == 0:
+        return SetAccuracy(0, 0, float("nan"), float("nan"))
+    n_pos = int(scored.sum())
+    per_string = np.all(correct | ~scored, axis=1)
+    return SetAccuracy(n, n_pos, float(correct.sum() / max(n_pos, 1)), float(per_string.mean()))
+
+
+def next_symbol_sets(model_fn: ModelFn, lang, strings: Sequence, *, threshold: float,
+                     train_max_length: int | None = None,
+                     batch_size: int = 256) -> NextSymbolResult:
+    """Next-symbol-set accuracy of ``model_fn`` on ``strings`` of ``lang``.
+
+    Args:
+        model_fn: ids [B, T] -> logits [B, T, V].
+        lang: the language.
+        strings: strings of the language.
+        threshold: a token is predicted when its model probability exceeds this.
+        train_max_length: strings longer than this count as out of distribution.
+    """
+    strings = [lang.vocab.as_string(s) for s in strings]
+    if not strings:
+        empty = _accuracy(np.zeros((0, 1), bool), np.zeros((0, 1), bool))
+        return NextSymbolResult(threshold, train_max_length, empty, empty, ())
+    correct_rows, scored_rows = [], []
+    order = np.argsort([len(s) for s in strings], kind="stable")  # similar lengths share a batch
+    for i in range(0, len(strings), batch_size):
+        idx = order[i: i + batch_size]
+        ids = lang.vocab.batch([strings[j] for j in idx])
+        c, s = set_correct(model_fn, lang, ids, threshold, batch_size=batch_size)
+        for k, j in enumerate(idx):
+            correct_rows.append((j, c[k], s[k]))
+    correct_rows.sort(key=lambda r: r[0])
+    T = max(len(r[1]) for r in correct_rows)
+    C = np.zeros((len(strings), T), bool)
+    S = np.zeros((len(strings), T), bool)
+    for j, c, s in correct_rows:
+        C[j, : len(c)], S[j, : len(s)] = c, s
+    long = np.array([train_max_length is not None and len(s) > train_max_length for s in strings])
+    per_string = np.all(C | ~S, axis=1)
+    return NextSymbolResult(threshold, train_max_length, _accuracy(C[~long], S[~long]),
+                            _accuracy(C[long], S[long]), tuple(bool(x) for x in per_string))

@@ -13,8 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/formal-lm grammars
 	$(BIN)/formal-lm inspect anbn
+	$(BIN)/formal-lm run experiments/anbn-rule-extrapolation.toml --out $(OUT)
+	@echo "report: $(OUT)/report.md"
 
 test: $(BIN)/.installed
 	$(BIN)/pytest -n 2 -q

@@ -72,6 +72,27 @@ def main():
         r = bench(name, args.quick)
         print(f"{r['grammar']:<10} {r['family']:<16} {r['sample tok/s']:>13,.0f} "
               f"{r['next-token pos/s']:>17,.0f} {r['generic pos/s']:>14,.0f} {r['ratio']:>7.1f}x")
+    bench_pcfg_prefixes(args.quick)
+
+
+def bench_pcfg_prefixes(quick):
+    """Exact PCFG prefix probabilities for a batch of length-64 strings (all 65 prefixes each),
+    against the generic path: one Jelinek-Lafferty prefix_log_prob call per table entry."""
+    print()
+    print("PCFG prefix probabilities, strings of length ~64 (every prefix, every next symbol):")
+    print(f"{'grammar':<12} {'len':>4} {'batch':>5} {'batched s':>10} {'per string s':>13} "
+          f"{'generic s/string':>17} {'ratio':>7}")
+    for name in ["arith", "toy-english"]:
+        lang = fl.load(name)
+        B = 8 if quick else 32
+        mass = lang.length_distribution(66)
+        L = max(L for L in (64, 65, 63, 66, 62) if mass[L] > 0)  # some grammars have parity
+        strings = lang.sample(B, seed=0, length=L)
+        ids = lang.vocab.batch(strings)
+        sec, _ = timed(lambda: lang.next_token_probs(ids), min_time=0.2)
+        ref, _ = timed(lambda: Language.next_token_table(lang, strings[0]), min_time=0.0)
+        print(f"{name:<12} {L:>4} {B:>5} {sec:>10.3f} {sec / B:>13.4f} {ref:>17.3f} "
+              f"{ref / (sec / B):>7.1f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import formal_lm as fl
+
 from formal_lm.analysis import (
     NGramModel,
     complete,
@@ -444,9 +446,6 @@ def test_permutation_test_exact():
 def test_shipped_anbn_eos_baseline_and_perfect_r1(name):
     """On the shipped grammars: 251 OOD prompts, the EOS baseline equals the independent count
     (27.5%), and completing with the minority symbol satisfies R1 on every OOD prompt."""
-    fl = pytest.importorskip("formal_lm")
-    if not hasattr(fl, "load"):
-        pytest.skip("formal_lm.load not available")
     lang = fl.load(name)
     n_ood, expected = independent_eos_baseline()
     r = rule_extrapolation(minority_then_eos(lang), lang, prompt_length=8, max_new_tokens=12,
@@ -457,9 +456,6 @@ def test_shipped_anbn_eos_baseline_and_perfect_r1(name):
 
 
 def test_exact_model_on_shipped_grammars():
-    fl = pytest.importorskip("formal_lm")
-    if not hasattr(fl, "load"):
-        pytest.skip("formal_lm.load not available")
     for name in ("baN", "dyck2", "parity"):
         lang = fl.load(name)
         strings = lang.sample(16, seed=5)

@@ -205,7 +205,6 @@ def test_generated_counter_languages_are_valid(lang):
 
 
 def test_generated_pcfgs_are_valid():
-    pytest.importorskip("formal_lm.pcfg")
 
     @FAST
     @given(flt.pcfgs())
@@ -363,7 +362,6 @@ def test_greedy_decoder_never_emits_pad_or_bos():
 
 # ----------------------------------------------------------------------------- trained models
 def test_trained_model_is_cached(tmp_path, monkeypatch):
-    pytest.importorskip("formal_lm.training")
     config = {"language": "anbn-short", "steps": 2, "eval_every": 1, "batch_size": 4,
               "model": {"name": "transformer", "d_model": 8, "n_heads": 2, "d_ff": 8,
                         "n_layers": 1, "max_len": 40},

@@ -183,10 +183,13 @@ def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
                     size = draw(st.integers(1, 3))
                     rhs = draw(st.lists(st.sampled_from(syms + tuple(names)), min_size=size,
                                         max_size=size))
-                    if j == 0 and i + 1 < n:
-                        rhs[draw(st.integers(0, size - 1))] = names[i + 1]
+                    keep = None
+                    if j == 0 and i + 1 < n:  # the link that makes names[i + 1] reachable
+                        keep = draw(st.integers(0, size - 1))
+                        rhs[keep] = names[i + 1]
                     while sum(x in names for x in rhs) > 2:  # at most two nonterminal children
-                        rhs[next(k for k, x in enumerate(rhs) if x in names)] = syms[0]
+                        rhs[next(k for k, x in enumerate(rhs) if x in names and k != keep)] = \
+                            syms[0]
                     more.append(tuple(rhs))
                 if not more:
                     p_end = 1.0

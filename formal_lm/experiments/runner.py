@@ -193,6 +193,10 @@ def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
     from formal_lm.training import load_models, train
     from formal_lm.training.config import config_from_dict
 
+    from formal_lm.experiments.casestudies import run_case_study
+    case = run_case_study(path, out_dir, full=full, progress=progress)  # [experiment] kind
+    if case is not None:
+        return case
     t_start = time.perf_counter()
     ex = load_experiment(path, full=full)
     out = Path(out_dir)

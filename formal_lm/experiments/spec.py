@@ -136,6 +136,13 @@ def load_experiment(path: str | Path, *, full: bool = False) -> Experiment:
         raise FormalLMError(Problem(f"cannot read experiment file {path}: {e}")) from None
     except tomllib.TOMLDecodeError as e:
         raise FormalLMError(Problem(f"{path}: not valid TOML: {e}")) from None
+    exp = raw.get("experiment")
+    kind = exp.get("kind") if isinstance(exp, Mapping) else None
+    if kind in ("icl", "finetune"):  # case studies: formal_lm.casestudies validates them
+        from formal_lm.casestudies import load_finetune_spec, load_icl_spec
+        if full:
+            raise FormalLMError(Problem(f"{path}: full=True but the file has no [full] table"))
+        return (load_icl_spec if kind == "icl" else load_finetune_spec)(path)
     return experiment_from_dict(raw, full=full, source=str(path))
 
 

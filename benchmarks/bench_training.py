@@ -1,8 +1,10 @@
 """Throughput of the vmapped training step: K seeds of one config in one program.
 
-Prints, per (shape, K): compile time, program steps/s, per-seed optimizer steps/s, tokens/s
-(all seeds), achieved GFLOP/s (XLA cost analysis of the compiled step) next to a matmul peak
-measured in the same run, and peak memory per seed (XLA memory analysis).
+Prints, per (shape, K): compile time, seconds per program step (all K seeds advance one
+optimizer step), seconds per seed-step, seed-steps/s (all seeds) and its ratio to the paper's
+PyTorch code, tokens/s (padded tokens, all seeds), achieved GFLOP/s next to a matmul peak
+measured in the same run, peak memory per seed (XLA memory analysis) and process CPU seconds
+per program step.
 
     python benchmarks/bench_training.py            # paper + cpu shapes, K = 1, 8, 32
     python benchmarks/bench_training.py --quick    # cpu shape K = 1, 8; paper shape K = 1
@@ -13,9 +15,10 @@ Shapes: "paper" is the ICML 2024 a^n b^n Transformer (d=10, 5 heads, d_ff 1024, 
 
 Batches are a^n b^n strings with n uniform in 1..(T-2)/2, padded to T (about half of each
 padded batch is PAD, as in the paper's training data); the engine packs them (data.pack), so
-only real tokens do work. GFLOP/s counts the FLOPs of the padded [B, T] step (XLA cost
-analysis of the unpacked program), i.e. the work the PyTorch reference does per step, so it
-is comparable across versions. The ratio column is per-seed steps/s against the paper's
+only real tokens do work. GFLOP/s counts the FLOPs of the padded [B, T] step with full
+T x T attention (``padded_flops``: 25.7 GFLOP per seed-step at the paper shape), i.e. the work
+the PyTorch reference does per step, so it is comparable across versions; the packed step
+does less arithmetic than that. The ratio column is per-seed steps/s against the paper's
 released PyTorch code on this machine (REFERENCE_S seconds per step, paper shape).
 """
 from __future__ import annotations
@@ -94,15 +97,16 @@ def bench(shape: str, K: int, steps: int, vocab_size: int = 5) -> dict:
     params, opt, acc = compiled(params, opt, acc, eng.rest, batches[0], None, eng.keys,
                                 np.int32(0))
     jax.block_until_ready(params)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(steps):
         params, opt, acc = compiled(params, opt, acc, eng.rest, batches[i % 2], None, eng.keys,
                                     np.int32(i + 1))
     jax.block_until_ready(params)
     dt = (time.perf_counter() - t) / steps
+    cpu = (time.process_time() - c) / steps  # CPU seconds (all threads) per step
     return {"shape": shape, "K": K, "compile_s": compile_s, "step_s": dt,
             "seed_steps_s": K / dt, "tokens_s": K * spec["B"] * spec["T"] / dt,
-            "vs_ref": K / dt * REFERENCE_S,
+            "vs_ref": K / dt * REFERENCE_S, "cpu_s": cpu,
             "gflops": flops / dt / 1e9, "mib_per_seed": peak}
 
 
@@ -125,19 +129,21 @@ def main(argv=None):
     print(f"reference: paper's PyTorch code, {REFERENCE_S} s per step (one seed, paper shape)")
     head = (f"{'shape':6} {'K':>3} {'compile s':>9} {'step s':>8} {'s/seed-step':>11} "
             f"{'seed-steps/s':>12} {'x ref':>6} {'tokens/s':>10} {'GFLOP/s':>8} {'% peak':>6} "
-            f"{'MiB/seed':>8}")
+            f"{'MiB/seed':>8} {'cpu s':>6}")
     print(head)
     print("-" * len(head))
     for shape, K in cases:
         steps = args.steps or (3 if shape == "paper" else 10)
         r = bench(shape, K, steps)
         # step s: one program step (all K seeds advance one optimizer step together);
-        # seed-steps/s = K / step s; x ref = seed-steps/s * REFERENCE_S (paper shape only)
+        # seed-steps/s = K / step s; x ref = seed-steps/s * REFERENCE_S (paper shape only);
+        # cpu s: process CPU seconds per program step (all threads; on a shared machine
+        # cpu s close to step s means the step ran on about one core)
         ratio = f"{r['vs_ref']:>6.1f}" if shape == "paper" else f"{'-':>6}"
         print(f"{r['shape']:6} {r['K']:>3} {r['compile_s']:>9.1f} {r['step_s']:>8.3f} "
               f"{r['step_s'] / K:>11.3f} {r['seed_steps_s']:>12.2f} {ratio} "
               f"{r['tokens_s']:>10.0f} {r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f} "
-              f"{r['mib_per_seed']:>8.1f}", flush=True)
+              f"{r['mib_per_seed']:>8.1f} {r['cpu_s']:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

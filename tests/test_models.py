@@ -89,6 +89,64 @@ def test_batch_permutation_invariance(case):
     assert_close(model(ids[2:3])[0], model(ids)[2], atol=1e-5)
 
 
+def padded_batch(seed: int, b: int, t: int) -> np.ndarray:
+    """int32 [b, t]: BOS, random symbols, EOS, then PAD, of random lengths 2..t."""
+    rs = np.random.RandomState(seed)
+    ids = np.zeros((b, t), np.int32)
+    for row in range(b):
+        n = rs.randint(2, t + 1)
+        ids[row, 0], ids[row, n - 1] = BOS, 2
+        ids[row, 1 : n - 1] = rs.randint(3, V, size=n - 2)
+    return ids
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("transformer")] + ["post-alibi"])
+def test_packed_rows_match_one_sequence_at_a_time(case):
+    """Several sequences in one row (per-sequence positions, segment mask): each sequence gets
+    the logits the plain forward pass gives it alone (differential test against model(ids))."""
+    from formal_lm.training.data import pack
+
+    if case == "post-alibi":
+        model = make("transformer", vocab_size=V, seed=0,
+                     **dict(TINY["transformer"], pos_encoding="alibi", norm="post"))
+    else:
+        model = shared(case)
+    ids = padded_batch(5, 7, 16)
+    p = pack(ids)
+    assert int(p["rows"]) < 7  # several sequences share a row
+    out = np.asarray(model._packed(jnp.asarray(p["inp"]), jnp.asarray(p["pos"]),
+                                   jnp.asarray(p["seg"])))
+    ref = np.asarray(model(jnp.asarray(ids[:, :-1])))
+    for row in range(ids.shape[0]):
+        n = int((ids[row] != 0).sum()) - 1
+        # the packed slot of this sequence: where its inputs and targets were placed
+        hits = [(r, o) for r in range(p["inp"].shape[0]) for o in range(p["inp"].shape[1] - n + 1)
+                if p["pos"][r, o] == 0 and (p["pos"][r, o : o + n] == np.arange(n)).all()
+                and (p["inp"][r, o : o + n] == ids[row, :n]).all()
+                and (p["tgt"][r, o : o + n] == ids[row, 1 : n + 1]).all()]
+        assert hits, f"sequence {row} not found in the packed rows"
+        r, o = hits[0]
+        assert_close(out[r, o : o + n], ref[row, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("transformer")])
+def test_causal_query_blocks_do_not_change_logits(case, monkeypatch):
+    """The full pass scores query block i only against keys before its end; any block size
+    gives the logits of one [T, T] block (plain and packed rows)."""
+    from formal_lm.models import transformer
+    from formal_lm.training.data import pack
+
+    model = shared(case)
+    ids = padded_batch(6, 5, 16)
+    p = {k: jnp.asarray(v) for k, v in pack(ids).items()}
+    monkeypatch.setattr(transformer, "CAUSAL_BLOCK", 1000)
+    ref, ref_packed = model(jnp.asarray(ids)), model._packed(p["inp"], p["pos"], p["seg"])
+    for block in (3, 5):
+        monkeypatch.setattr(transformer, "CAUSAL_BLOCK", block)
+        assert_close(model(jnp.asarray(ids)), ref, atol=1e-5)
+        assert_close(model._packed(p["inp"], p["pos"], p["seg"]), ref_packed, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- positions
 
 

@@ -10,7 +10,9 @@ Shape glossary (used in the ``# [..]`` comments below):
 
 Positions always come from the index of a token inside its sequence
 (``jnp.arange(T)`` in the full pass, ``state["pos"]`` when stepping), never from
-its slot in the batch.
+its slot in the batch. The trainer's packed pass (``_packed``) puts several
+sequences in one row: there positions are per token ([B, T], restarting at 0 for
+each sequence) and attention stays inside a sequence (same segment id).
 
 This module also holds a few private helpers (config checking, dropout rngs)
 that ``recurrent.py`` and ``lru.py`` reuse.
@@ -30,6 +32,7 @@ from flax import nnx
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("pre", "post")
 _NEG = -1e30  # additive mask value; exp() of it underflows to exactly 0 in float32
+CAUSAL_BLOCK = 32  # full-pass attention splits queries into blocks of about this many
 
 
 # --------------------------------------------------------------------------- helpers
@@ -139,20 +142,23 @@ class TransformerConfig:
 
 
 def _sinusoid(pos: jax.Array, d: int) -> jax.Array:
-    """Fixed sin/cos table rows for ``pos`` [T] -> [T, D] (works for odd D too)."""
+    """Fixed sin/cos table rows for ``pos`` [T] (or [B, T]) -> [T, D] (or [B, T, D])."""
     i = np.arange(d)
     inv_freq = 1.0 / (10000.0 ** (2 * (i // 2) / d))  # [D]
-    ang = pos.astype(jnp.float32)[:, None] * inv_freq[None, :].astype(np.float32)
+    ang = pos.astype(jnp.float32)[..., None] * inv_freq.astype(np.float32)
     return jnp.where(i % 2 == 0, jnp.sin(ang), jnp.cos(ang))
 
 
 def _rope(x: jax.Array, pos: jax.Array) -> jax.Array:
-    """Rotates the two halves of each head of ``x`` [B, T, H, K] by angles pos * freq."""
+    """Rotates the two halves of each head of ``x`` [B, T, H, K] by angles pos * freq.
+
+    ``pos`` is [T] (shared by all rows) or [B, T] (per token, packed rows).
+    """
     half = x.shape[-1] // 2
     inv_freq = (1.0 / (10000.0 ** (np.arange(half) * 2.0 / x.shape[-1]))).astype(np.float32)
-    ang = pos.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [T, K/2]
-    cos = jnp.cos(ang)[None, :, None, :]  # [1, T, 1, K/2]
-    sin = jnp.sin(ang)[None, :, None, :]
+    ang = pos.astype(jnp.float32)[..., None] * inv_freq  # [(B,) T, K/2]
+    cos = jnp.cos(ang)[..., None, :]  # [(B,) T, 1, K/2]
+    sin = jnp.sin(ang)[..., None, :]
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
@@ -182,17 +188,27 @@ def _attend(
     q_pos: jax.Array,
     k_pos: jax.Array,
     slopes: np.ndarray | None,
+    q_seg: jax.Array | None = None,
+    k_seg: jax.Array | None = None,
 ) -> jax.Array:
-    """Causal attention: query i sees key j iff k_pos[j] <= q_pos[i].
+    """Causal attention: query i sees key j iff k_pos[j] <= q_pos[i] (and k_seg[j] == q_seg[i]).
 
     q: [B, T, H, K]; k, v: [B, S, H, K]; q_pos: [T]; k_pos: [S] -> [B, T, H, K].
+    Packed rows pass per-token positions q_pos [B, T], k_pos [B, S] and segment ids q_seg
+    [B, T], k_seg [B, S]: a query then sees the keys of its own segment at positions <= its own.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32) * scale  # [B, H, T, S]
-    dist = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)  # [T, S]
+    dist = (q_pos[..., :, None] - k_pos[..., None, :]).astype(jnp.float32)  # [(B,) T, S]
+    mask = k_pos[..., None, :] <= q_pos[..., :, None]  # [(B,) T, S]
+    if q_seg is not None:
+        mask = mask & (k_seg[:, None, :] == q_seg[:, :, None])  # [B, T, S]
+    if dist.ndim == 3:
+        dist = dist[:, None]  # [B, 1, T, S]
+    if mask.ndim == 3:
+        mask = mask[:, None]
     if slopes is not None:
         scores = scores - jnp.asarray(slopes)[:, None, None] * dist  # ALiBi
-    mask = k_pos[None, :] <= q_pos[:, None]  # [T, S]
     scores = jnp.where(mask, scores, _NEG)
     weights = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S] float32
     return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
@@ -219,8 +235,8 @@ class _Block(nnx.Module):
         self.ln2 = nnx.LayerNorm(d, rngs=rngs)
         self.drop = _dropout(cfg.dropout, rngs)
 
-    def _attention(self, h, pos, cache):
-        """h: [B, T, D], pos: [T] -> ([B, T, D], cache).
+    def _attention(self, h, pos, cache, seg=None):
+        """h: [B, T, D], pos: [T] (or [B, T] with seg [B, T]) -> ([B, T, D], cache).
 
         ``cache`` is None (attend within h) or (k_cache, v_cache), each [B, S, H, K]:
         the new keys/values are written at positions pos[0]..pos[0]+T-1 and the
@@ -242,19 +258,35 @@ class _Block(nnx.Module):
             k_pos = jnp.arange(k_all.shape[1])
             cache = (k_all, v_all)
         slopes = _alibi_slopes(self.n_heads) if self.pos_encoding == "alibi" else None
-        o = _attend(q, k_all, v_all, pos, k_pos, slopes).reshape(b, t, d)  # [B, T, D]
+        if cache is not None:
+            o = _attend(q, k_all, v_all, pos, k_pos, slopes)
+        else:
+            # Full pass: key slot j > query slot i is always masked (also in packed rows,
+            # where segments are contiguous), so query block i only scores keys [0, end_i):
+            # ~(n+1)/2n of the [T, T] scores for n blocks, same result.
+            n = min(max(t // CAUSAL_BLOCK, 1), 32)
+            bounds = [round(t * i / n) for i in range(n + 1)]
+            def cut(a, lo, hi):  # segment ids of slots lo..hi-1 (None when not packed)
+                return None if a is None else a[:, lo:hi]
+
+            outs = []
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                outs.append(_attend(q[:, lo:hi], k[:, :hi], v[:, :hi], pos[..., lo:hi],
+                                    pos[..., :hi], slopes, cut(seg, lo, hi), cut(seg, 0, hi)))
+            o = outs[0] if n == 1 else jnp.concatenate(outs, axis=1)  # [B, T, H, K]
+        o = o.reshape(b, t, d)  # [B, T, D]
         return self.attn_out(o), cache
 
     def _mlp(self, h):
         return self.fc2(jax.nn.gelu(self.fc1(h)))  # [B, T, D]
 
-    def __call__(self, x, pos, cache, rngs):
+    def __call__(self, x, pos, cache, rngs, seg=None):
         if self.norm == "pre":
-            a, cache = self._attention(self.ln1(x), pos, cache)
+            a, cache = self._attention(self.ln1(x), pos, cache, seg)
             x = x + self.drop(a, rngs=rngs)
             x = x + self.drop(self._mlp(self.ln2(x)), rngs=rngs)
         else:
-            a, cache = self._attention(x, pos, cache)
+            a, cache = self._attention(x, pos, cache, seg)
             x = self.ln1(x + self.drop(a, rngs=rngs))
             x = self.ln2(x + self.drop(self._mlp(x), rngs=rngs))
         return x, cache
@@ -291,9 +323,9 @@ class TransformerLM(nnx.Module):
     def _embed(self, ids, pos, rngs):
         x = self.embed(ids)  # [B, T, D]
         if self.config.pos_encoding == "learned":
-            x = x + self.pos_embed(pos)[None]
+            x = x + self.pos_embed(pos)  # [T, D] (or [B, T, D] for packed rows)
         elif self.config.pos_encoding == "sinusoidal":
-            x = x + _sinusoid(pos, self.config.d_model)[None]
+            x = x + _sinusoid(pos, self.config.d_model)
         return self.drop(x, rngs=rngs)
 
     def _head(self, x):
@@ -314,6 +346,22 @@ class TransformerLM(nnx.Module):
         x = self._embed(ids, pos, rngs)
         for block in self.blocks:
             x, _ = block(x, pos, None, rngs)
+        return self._head(x)
+
+    def _packed(self, ids: jax.Array, pos: jax.Array, seg: jax.Array,
+                *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """Full pass over packed rows (private; used by the trainer).
+
+        ids, pos, seg: int32 [B, T]. Each row holds several sequences one after another;
+        ``seg`` numbers them within the row and ``pos`` is each token's position inside its
+        own sequence (restarting at 0). A token attends only to earlier tokens of its own
+        segment, so every sequence gets exactly the logits ``model(ids)`` gives it alone
+        (float tolerance; dropout masks differ). Returns logits float32 [B, T, V].
+        """
+        rngs = _as_rngs(rngs)
+        x = self._embed(ids, pos, rngs)  # [B, T, D]
+        for block in self.blocks:
+            x, _ = block(x, pos, None, rngs, seg)
         return self._head(x)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:

@@ -147,3 +147,46 @@ def _as_fresh(cfg: DataConfig) -> DataConfig:
 def encode(lang, strings: list, length: int) -> np.ndarray:
     """int32 [B, length] right-padded ``[BOS, s..., EOS, PAD...]``."""
     return lang.vocab.batch(strings, length=length)
+
+
+def pack(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Packs the model inputs/targets of a padded batch into as few rows as fit (transformer).
+
+    ``ids`` int32 [B, T] right-padded ``[BOS, s..., EOS, PAD...]``. Sequence b of L real tokens
+    contributes inputs ``ids[b, :L-1]`` and targets ``ids[b, 1:L]``; these are placed first-fit
+    decreasing into rows of T-1 slots. Returns int32 arrays (the order of rows is fixed by the
+    lengths, so the packing is a pure function of ``ids``):
+
+    * ``inp``, ``tgt`` [B, T-1]: packed inputs and targets (PAD in unused slots),
+    * ``pos`` [B, T-1]: each token's position inside its own sequence (restarts at 0),
+    * ``seg`` [B, T-1]: segment number inside the row (1, 2, ...; 0 in unused slots),
+    * ``rows`` []: how many rows are used (rows ``rows..B-1`` are empty).
+
+    The sum of the per-target NLL over ``tgt != PAD`` equals the one of the unpacked batch.
+    """
+    ids = np.asarray(ids)
+    B, T = ids.shape
+    from formal_lm.vocab import PAD_ID
+    n = (ids != PAD_ID).sum(axis=1) - 1  # inputs per sequence
+    order = np.argsort(-n, kind="stable")
+    free = np.full(B, T - 1)
+    used = np.zeros(B, np.int64)
+    inp = np.zeros((B, T - 1), np.int32)
+    tgt = np.zeros((B, T - 1), np.int32)
+    pos = np.zeros((B, T - 1), np.int32)
+    seg = np.zeros((B, T - 1), np.int32)
+    rows = 0
+    for b in order:
+        m = int(n[b])
+        if m <= 0:
+            continue
+        r = int(np.argmax(free >= m))  # first row with room (row rows is always empty)
+        o = T - 1 - free[r]
+        inp[r, o:o + m] = ids[b, :m]
+        tgt[r, o:o + m] = ids[b, 1:m + 1]
+        pos[r, o:o + m] = np.arange(m)
+        used[r] += 1
+        seg[r, o:o + m] = used[r]
+        free[r] -= m
+        rows = max(rows, r + 1)
+    return {"inp": inp, "tgt": tgt, "pos": pos, "seg": seg, "rows": np.int32(rows)}

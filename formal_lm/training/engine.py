@@ -37,10 +37,13 @@ from formal_lm.training import objectives
 from formal_lm.training._models import config_class, make_model
 from formal_lm.training.config import TrainConfig, config_from_dict
 from formal_lm.training.data import (DROPOUT, MODEL, OOD, VAL, Source, bucket_length, derive,
-                                     encode, held_out)
+                                     encode, held_out, pack)
 from formal_lm.vocab import PAD_ID
 
 KL_TOLERANCE = 1e-6
+# Packed rows per gradient micro-batch, summed over the seeds of one program: small enough that
+# a micro-batch's activations stay in cache, large enough to amortise per-iteration overhead.
+MICRO_ROWS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,11 +203,77 @@ class _Programs:
                 out["ood_heldout_loss"] = jnp.sum(c) / jnp.sum(o_mask)
             return out
 
+        def packed_grads(params, rest, batch, key, chunk):
+            """(sum of NLL over real targets, its gradient) over the used packed rows.
+
+            Gradient accumulation over micro-batches of ``chunk`` rows in a while loop that
+            stops after ``batch["rows"]``: the empty rows cost nothing and a micro-batch's
+            activations (scores [chunk, H, T, T], MLP [chunk, T, F]) stay small.
+            """
+            arrs = {k: batch[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, T]
+            R = arrs["inp"].shape[0]
+            if R % chunk:
+                arrs = {k: jnp.pad(a, ((0, chunk - R % chunk), (0, 0))) for k, a in arrs.items()}
+            n_chunks = (batch["rows"] + chunk - 1) // chunk
+
+            def chunk_loss(p, i):
+                c = {k: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk) for k, a in arrs.items()}
+                model = nnx.merge(gd_train, p, rest, copy=True)
+                logits = model._packed(c["inp"], c["pos"], c["seg"],
+                                       rngs=jax.random.fold_in(key, i))  # [c, T, V]
+                mask = (c["tgt"] != PAD_ID).astype(jnp.float32)
+                return jnp.sum(token_nll(logits, c["tgt"]) * mask)
+
+            def body(carry):
+                i, s, g = carry
+                si, gi = jax.value_and_grad(chunk_loss)(params, i)
+                return i + 1, s + si, jax.tree.map(jnp.add, g, gi)
+
+            zero = jax.tree.map(jnp.zeros_like, params)
+            _, s, g = jax.lax.while_loop(lambda c: c[0] < n_chunks, body,
+                                         (jnp.int32(0), jnp.float32(0.0), zero))
+            return s, g
+
+        def packed_step(params, opt_state, acc, rest, batch, ood, key, t, *, chunk, batch_size):
+            key = jax.random.fold_in(key, t)
+            k1, k2 = jax.random.split(key)
+            s, g = packed_grads(params, rest, batch, k1, chunk)
+            n = jnp.maximum(jnp.sum(batch["tgt"] != PAD_ID).astype(jnp.float32), 1.0)
+            grads = jax.tree.map(lambda x: x / n, g)
+            aux = {"loss": s / n, "loss_per_seq": s / batch_size}
+            if ood is not None:
+                o_ids, o_mask = ood
+
+                def ood_loss(p):
+                    model = nnx.merge(gd_train, p, rest, copy=True)
+                    c = token_nll(model(o_ids[:, :-1], rngs=k2), o_ids[:, 1:]) * o_mask
+                    return jnp.sum(c) / jnp.maximum(jnp.sum(o_mask), 1.0)
+
+                aux["ood_loss"], g_ood = jax.value_and_grad(ood_loss)(params)
+                grads = jax.tree.map(lambda a, b: a + weight * b, grads, g_ood)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            acc = {k: acc[k] + aux[k] for k in acc}
+            return params, opt_state, acc
+
+        def packed_program(params, opt_state, acc, rest, batch, ood, key, t):
+            # Shapes are known here: K seeds share the micro-batch budget MICRO_ROWS.
+            K = batch["inp"].shape[0]
+            f = functools.partial(packed_step, chunk=max(1, MICRO_ROWS // K),
+                                  batch_size=config.batch_size)
+            return jax.vmap(f, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
+                params, opt_state, acc, rest, batch, ood, key, t)
+
         # Optimizer state is built inside the vmap: clipping's global norm is per seed.
         self.init_fn = jax.jit(jax.vmap(init))
         donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
-        self.step_fn = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, 0, 0, None)),
-                               donate_argnums=donate)
+        # Transformers train on packed rows (data.pack): only real tokens do work.
+        self.packed = config.model == "transformer"
+        if self.packed:
+            self.step_fn = jax.jit(packed_program, donate_argnums=donate)
+        else:
+            self.step_fn = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, 0, 0, None)),
+                                   donate_argnums=donate)
         self.eval_fn = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None, None)))
         self.lr_fn = jax.jit(make_schedule(config))
 
@@ -253,6 +322,14 @@ class Engine:
             return jax.tree.map(jnp.asarray, tree)
         return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh,
                                                                jax.sharding.PartitionSpec()))
+
+    def prepare(self, ids: np.ndarray):
+        """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
+        (a dict of [K, B, T-1] arrays and rows [K], see ``data.pack``), else ids itself."""
+        if not self.programs.packed:
+            return ids
+        packs = [pack(x) for x in ids]
+        return {k: np.stack([p[k] for p in packs]) for k in packs[0]}
 
     def zero_acc(self):
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
@@ -361,7 +438,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
             idx = np.stack([np.random.default_rng(derive(s, OOD, step)).integers(
                 len(ood_train[0]), size=config.objective.batch_size) for s in seeds])  # [K, Bo]
             ood = (ood_train[0][idx], ood_train[1][idx])
-        return eng.shard((ids, ood)), T
+        return eng.shard((eng.prepare(ids), ood)), T
 
     # -- state ----------------------------------------------------------------------------
     step, since_eval = 0, 0

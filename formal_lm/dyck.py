@@ -63,6 +63,7 @@ class DyckLanguage(Language):
         self._n = np.arange(prior.min, prior.support_max + 1)
         self._log_prior = prior.log_pmf(self._n)
         self._counts = self._completion_counts(2 * prior.support_max)
+        self._logF = self._prefix_table()
 
     def _completion_counts(self, R: int) -> np.ndarray:
         """log C[r, d] (nested: depth d) or log C[r, d1, d2] (two crossing types)."""
@@ -86,6 +87,23 @@ class DyckLanguage(Language):
                              np.hstack([p[:, 1:], ninf_row.T]), np.hstack([ninf_row.T, p[:, :-1]])]
                     C[r] = np.logaddexp.reduce(np.stack(terms), axis=0)
         return C
+
+    def _prefix_table(self) -> np.ndarray:
+        """log F[i, state]: ln P(prefix) of any prefix of length i that ends in ``state``.
+
+        Within n pairs words are uniform, so a prefix's probability depends only on (i, state):
+        F[i, state] = sum_n prior(n) C[2n - i, state] / C[2n, 0].
+        """
+        zero = (0,) if self.nested else (0, 0)
+        F = np.full((self._counts.shape[0],) + self._counts.shape[1:], -np.inf)
+        for n, lp in zip(self._n, self._log_prior):
+            if lp == -np.inf:
+                continue
+            L = 2 * int(n)
+            i = np.arange(L + 1)
+            F[: L + 1] = np.logaddexp(F[: L + 1], lp - self._counts[(L,) + zero]
+                                      + self._counts[L - i])
+        return F
 
     def _count(self, r, state) -> np.ndarray:
         r = np.asarray(r)
@@ -120,9 +138,8 @@ class DyckLanguage(Language):
         return out, stack
 
     def _log_prefix(self, i, state) -> float:
-        terms = self._log_prior + self._count(2 * self._n - i, state) - self._count(2 * self._n,
-                                                                                    self._zero)
-        return float(np.logaddexp.reduce(terms))
+        return float(self._log_prefix_vec(np.array([i]), tuple(np.array([x]) for x in state)
+                                          if not self.nested else np.array([state]))[0])
 
     def _log_whole(self, i, state) -> float:
         if state != self._zero or i % 2:
@@ -150,73 +167,73 @@ class DyckLanguage(Language):
         return -math.inf if len(walk) < len(p) + 1 else self._log_prefix(*walk[-1])
 
     def _log_prefix_vec(self, i: np.ndarray, state) -> np.ndarray:
-        """ln P(prefix) for many (length, state) pairs at once: [P] arrays in, [P] out."""
-        i = np.asarray(i)[:, None]
-        r = 2 * self._n[None, :] - i
-        ok = r >= 0
-        rr = np.where(ok, r, 0)
-        m = self._counts.shape[1] - 1
-        if self.nested:
-            d = np.asarray(state)[:, None]
-            c = self._counts[rr, np.minimum(d, m)]
-            ok = ok & (d <= m)
-        else:
-            d1, d2 = (np.asarray(x)[:, None] for x in state)
-            c = self._counts[rr, np.minimum(d1, m), np.minimum(d2, m)]
-            ok = ok & (d1 <= m) & (d2 <= m)
-        total = self._counts[2 * self._n, 0] if self.nested else self._counts[2 * self._n, 0, 0]
-        terms = np.where(ok, self._log_prior[None, :] + c - total[None, :], -np.inf)
-        return np.logaddexp.reduce(terms, axis=1)
+        """ln P(prefix) for arrays of (length, state): a lookup in the prefix table."""
+        i = np.asarray(i)
+        I, D = self._logF.shape[0], self._logF.shape[1]
+        d = [np.asarray(state)] if self.nested else [np.asarray(x) for x in state]
+        ok = (i >= 0) & (i < I)
+        for x in d:
+            ok = ok & (x >= 0) & (x < D)
+        idx = (np.where(ok, i, 0),) + tuple(np.where(ok, x, 0) for x in d)
+        return np.where(ok, self._logF[idx], -np.inf)
 
     def next_token_table(self, s) -> np.ndarray:
         s = self._s(s)
-        return self._tables([s])[0]
+        return self.next_token_probs(self.vocab.batch([s], eos=False))[0]
 
     def next_token_probs(self, ids) -> np.ndarray:
-        """Each row's walk is read in Python; the probabilities of all rows are one array op."""
+        """Vectorised over the batch: one scan over time for depths (and the innermost open
+        bracket), then every probability is a lookup in the prefix table."""
         ids = np.asarray(ids)
         B, T = ids.shape
-        if T and (ids[:, 0] != 1).any():
-            raise FormalLMError("every row of ids must start with BOS (1)")
-        strings = []
-        for b in range(B):
-            row = ids[b, 1:]
-            stop = np.flatnonzero(row < 3)
-            n = int(stop[0]) if len(stop) else T - 1
-            strings.append(tuple(self.alphabet[x - 3] for x in row[:n]))
         out = np.zeros((B, T, self.vocab.size))
-        for b, table in enumerate(self._tables(strings)):
-            out[b, : min(len(table), T)] = table[:T]
-        return out
-
-    def _tables(self, strings) -> list[np.ndarray]:
-        """Next-token tables of many strings, computed together."""
-        with np.errstate(invalid="ignore"):  # -inf - -inf rows are impossible prefixes, zeroed
-            return self._tables_impl(strings)
-
-    def _tables_impl(self, strings) -> list[np.ndarray]:
-        walks = [self._walk(s)[0] for s in strings]
-        sizes = [len(w) for w in walks]
-        i = np.concatenate([np.arange(n) for n in sizes])
-        rows = np.zeros((len(i), self.vocab.size))
+        if T == 0:
+            return out
+        if (ids[:, 0] != 1).any():
+            raise FormalLMError("every row of ids must start with BOS (1)")
+        sym = ids[:, 1:].astype(np.int64) - 3  # [B, T-1]
+        real = np.cumprod(sym >= 0, axis=1).astype(bool)  # symbols up to the first EOS/PAD
+        typ, opening = np.where(real, sym // 2, 0), sym % 2 == 0
+        rows = np.arange(B)
+        live = np.zeros((B, T), bool)
+        live[:, 0] = True
+        good = np.ones(B, bool)
         if self.nested:
-            d = np.array([w[1] for walk in walks for w in walk])
-            tops = np.concatenate([self._stack_tops(s[: n - 1]) for s, n in zip(strings, sizes)])
-            lp = self._log_prefix_vec(i, d)
-            up = self._log_prefix_vec(i + 1, d + 1)
-            down = np.where(d > 0, self._log_prefix_vec(i + 1, np.maximum(d - 1, 0)), -np.inf)
-            for t in range(self.k):
-                rows[:, 3 + 2 * t] = np.exp(up - lp)
-                rows[:, 4 + 2 * t] = np.where(tops == t, np.exp(down - lp), 0.0)
-            whole = d == 0
+            depth, top = np.zeros((B, T), np.int64), np.full((B, T), -1)
+            stack = np.zeros((B, T + 1), np.int64)
+            d, top_now = np.zeros(B, np.int64), np.full(B, -1)
+            for t in range(1, T):
+                r, o, ty = real[:, t - 1], opening[:, t - 1], typ[:, t - 1]
+                good &= r & (o | ((d > 0) & (top_now == ty)))
+                push, pop = good & o, good & ~o
+                stack[rows, d] = np.where(push, ty, stack[rows, d])
+                d = d + push - pop
+                top_now = np.where(d > 0, stack[rows, np.maximum(d - 1, 0)], -1)
+                depth[:, t], top[:, t], live[:, t] = d, top_now, good
+            i = np.broadcast_to(np.arange(T), (B, T))
+            lp = self._log_prefix_vec(i, depth)
+            up = self._log_prefix_vec(i + 1, depth + 1)
+            down = np.where(depth > 0, self._log_prefix_vec(i + 1, depth - 1), -np.inf)
+            with np.errstate(invalid="ignore"):
+                for k in range(self.k):
+                    out[..., 3 + 2 * k] = np.exp(up - lp)
+                    out[..., 4 + 2 * k] = np.where(top == k, np.exp(down - lp), 0.0)
+            whole = depth == 0
         else:
-            d1 = np.array([w[1][0] for walk in walks for w in walk])
-            d2 = np.array([w[1][1] for walk in walks for w in walk])
+            steps = np.where(real, np.where(opening, 1, -1), 0)
+            d1 = np.concatenate([np.zeros((B, 1), np.int64),
+                                 np.cumsum(np.where(typ == 0, steps, 0), axis=1)], axis=1)
+            d2 = np.concatenate([np.zeros((B, 1), np.int64),
+                                 np.cumsum(np.where(typ == 1, steps, 0), axis=1)], axis=1)
+            live[:, 1:] = np.cumprod(real & (d1[:, 1:] >= 0) & (d2[:, 1:] >= 0), axis=1)
+            i = np.broadcast_to(np.arange(T), (B, T))
             lp = self._log_prefix_vec(i, (d1, d2))
-            moves = [((d1 + 1, d2), d1 >= 0), ((np.maximum(d1 - 1, 0), d2), d1 > 0),
-                     ((d1, d2 + 1), d2 >= 0), ((d1, np.maximum(d2 - 1, 0)), d2 > 0)]
-            for col, (nxt, ok) in enumerate(moves):
-                rows[:, 3 + col] = np.where(ok, np.exp(self._log_prefix_vec(i + 1, nxt) - lp), 0)
+            moves = [((d1 + 1, d2), d1 >= 0), ((d1 - 1, d2), d1 > 0),
+                     ((d1, d2 + 1), d2 >= 0), ((d1, d2 - 1), d2 > 0)]
+            with np.errstate(invalid="ignore"):
+                for col, (nxt, ok) in enumerate(moves):
+                    out[..., 3 + col] = np.where(ok, np.exp(self._log_prefix_vec(i + 1, nxt) - lp),
+                                                 0.0)
             whole = (d1 == 0) & (d2 == 0)
         n_pairs = i // 2
         in_prior = (i % 2 == 0) & (n_pairs >= self.prior.min) & (n_pairs <= self.prior.support_max)
@@ -224,29 +241,9 @@ class DyckLanguage(Language):
         total = self._counts[2 * self._n, 0] if self.nested else self._counts[2 * self._n, 0, 0]
         log_whole = np.where(whole & in_prior, self._log_prior[idx] - total[idx], -np.inf)
         with np.errstate(invalid="ignore"):
-            rows[:, EOS_ID] = np.exp(log_whole - lp)
-        rows[~np.isfinite(lp)] = 0.0
-        out, start = [], 0
-        for s, n in zip(strings, sizes):
-            table = np.zeros((len(s) + 1, self.vocab.size))
-            block = rows[start: start + n]
-            dead = np.cumsum(block.sum(1) == 0) > 0  # after an impossible prefix, all zero
-            table[:n] = np.where(dead[:, None], 0.0, block)
-            out.append(table)
-            start += n
-        return out
-
-    def _stack_tops(self, s) -> np.ndarray:
-        """Type of the innermost open bracket after each prefix (-1 when none)."""
-        tops, stack = [-1], []
-        for x in s:
-            typ, step = self._kind[x]
-            if step > 0:
-                stack.append(typ)
-            else:
-                stack.pop()
-            tops.append(stack[-1] if stack else -1)
-        return np.array(tops)
+            out[..., EOS_ID] = np.exp(log_whole - lp)
+        out[~(live & np.isfinite(lp))] = 0.0
+        return np.nan_to_num(out, nan=0.0)
 
     def _sample_words(self, rng, sizes: np.ndarray) -> list:
         """Uniform words of the given numbers of pairs, all samples advanced in lockstep."""

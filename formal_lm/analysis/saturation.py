@@ -77,8 +77,10 @@ def saturation(model_fn: ModelFn, lang, *, n: int = 512, seed: int = 12345,
         strings: score these strings instead of sampling.
 
     Example:
-        >>> from formal_lm.analysis import exact_model_fn  # doctest: +SKIP
-        >>> saturation(exact_model_fn(lang), lang).saturated  # doctest: +SKIP
+        >>> import formal_lm as fl
+        >>> from formal_lm.analysis import exact_model_fn
+        >>> lang = fl.load("anbn-short")
+        >>> saturation(exact_model_fn(lang), lang, n=32).saturated  # the language itself: KL 0
         True
     """
     strings = lang.sample(n, seed=seed) if strings is None else list(strings)

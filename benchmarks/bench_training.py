@@ -34,8 +34,9 @@ from formal_lm.training import TrainConfig
 from formal_lm.training.engine import Engine
 
 SHAPES = {
+    # as nn.Transformer in the paper's released code: post-LayerNorm, ReLU
     "paper": dict(model=dict(d_model=10, n_heads=5, d_ff=1024, n_layers=5, max_len=258,
-                             dropout=0.1), T=258, B=128),
+                             dropout=0.1, norm="post", activation="relu"), T=258, B=128),
     "cpu": dict(model=dict(d_model=16, n_heads=2, d_ff=64, n_layers=2, max_len=64), T=64, B=32),
 }
 

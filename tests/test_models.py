@@ -401,3 +401,14 @@ def test_public_names_have_docstrings():
         obj = getattr(models, name)
         if callable(obj) or isinstance(obj, type):
             assert (getattr(obj, "__doc__", None) or "").strip(), name
+
+
+def test_transformer_activation_is_configurable():
+    import jax.numpy as jnp
+    from formal_lm import models
+    ids = jnp.array([[1, 3, 4, 3, 2]], jnp.int32)
+    gelu = models.make("transformer", vocab_size=6, seed=0, activation="gelu")(ids)
+    relu = models.make("transformer", vocab_size=6, seed=0, activation="relu")(ids)
+    assert gelu.shape == relu.shape and not jnp.allclose(gelu, relu)
+    with pytest.raises(ValueError, match="activation='tanh'"):
+        models.make("transformer", vocab_size=6, activation="tanh")

@@ -31,6 +31,7 @@ from flax import nnx
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("pre", "post")
+ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu}
 _NEG = -1e30  # additive mask value; exp() of it underflows to exactly 0 in float32
 CAUSAL_BLOCK = 32  # full-pass attention splits queries into blocks of about this many
 
@@ -93,12 +94,14 @@ class TransformerConfig:
       vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
       d_model: residual width D; must be divisible by ``n_heads``.
       n_heads: attention heads H; head dim K = d_model // n_heads (even for rope).
-      d_ff: hidden width of the GELU MLP.
+      d_ff: hidden width of the MLP.
       n_layers: number of blocks.
       max_len: size of the learned position table; default KV-cache length.
       pos_encoding: one of "learned", "sinusoidal", "rope", "alibi", "none".
       norm: "pre" (LayerNorm before each sublayer, plus a final norm) or "post".
       dropout: rate on embeddings and on each sublayer output (train mode only).
+      activation: the MLP's nonlinearity, "gelu" (tanh approximation) or "relu" (what
+        PyTorch's nn.Transformer, used by the papers' released code, defaults to).
 
     Example:
       >>> TransformerConfig(vocab_size=8, d_model=10, n_heads=5).d_model
@@ -114,12 +117,15 @@ class TransformerConfig:
     pos_encoding: str = "learned"
     norm: str = "pre"
     dropout: float = 0.0
+    activation: str = "gelu"
 
     def __post_init__(self) -> None:
         problems = _int_problems(
             self,
             {"vocab_size": 4, "d_model": 1, "n_heads": 1, "d_ff": 1, "n_layers": 1, "max_len": 1},
         )
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation={self.activation!r}: must be one of {tuple(ACTIVATIONS)}")
         problems += _dropout_problems(self)
         if self.pos_encoding not in POS_ENCODINGS:
             problems.append(f"pos_encoding={self.pos_encoding!r}: must be one of {POS_ENCODINGS}")
@@ -224,6 +230,7 @@ class _Block(nnx.Module):
         d = cfg.d_model
         self.n_heads = cfg.n_heads
         self.norm = cfg.norm
+        self.activation = cfg.activation
         self.pos_encoding = cfg.pos_encoding
         self.query = nnx.Linear(d, d, rngs=rngs)
         self.key = nnx.Linear(d, d, rngs=rngs)
@@ -278,7 +285,7 @@ class _Block(nnx.Module):
         return self.attn_out(o), cache
 
     def _mlp(self, h):
-        return self.fc2(jax.nn.gelu(self.fc1(h)))  # [B, T, D]
+        return self.fc2(ACTIVATIONS[self.activation](self.fc1(h)))  # [B, T, D]
 
     def __call__(self, x, pos, cache, rngs, seg=None):
         if self.norm == "pre":

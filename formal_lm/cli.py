@@ -5,7 +5,6 @@ Bad input ends with a message on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import numpy as np

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from formal_lm.errors import FormalLMError, GrammarError, Problem, raise_if
+from formal_lm.errors import FormalLMError, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.priors import Prior
 from formal_lm.rules import Rule
@@ -195,13 +195,8 @@ class CounterLanguage(Language):
 
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised across the batch: every run of every row is computed in one pass per block."""
-        ids = np.asarray(ids)
+        ids, out = self._probs_buffer(ids)
         B, T = ids.shape
-        out = np.zeros((B, T, self.vocab.size))
-        if T == 0:
-            return out
-        if (ids[:, 0] != 1).any():
-            raise FormalLMError("every row of ids must start with BOS (1)")
         out[:, 0] = self._row(self._start)
         segments = {}  # block -> lists of (row, first position, run length, constraints)
         for b in range(B):

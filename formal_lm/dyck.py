@@ -184,13 +184,8 @@ class DyckLanguage(Language):
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised over the batch: one scan over time for depths (and the innermost open
         bracket), then every probability is a lookup in the prefix table."""
-        ids = np.asarray(ids)
+        ids, out = self._probs_buffer(ids)
         B, T = ids.shape
-        out = np.zeros((B, T, self.vocab.size))
-        if T == 0:
-            return out
-        if (ids[:, 0] != 1).any():
-            raise FormalLMError("every row of ids must start with BOS (1)")
         sym = ids[:, 1:].astype(np.int64) - 3  # [B, T-1]
         real = np.cumprod(sym >= 0, axis=1).astype(bool)  # symbols up to the first EOS/PAD
         typ, opening = np.where(real, sym // 2, 0), sym % 2 == 0

@@ -17,7 +17,6 @@ an optional ``description``.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib

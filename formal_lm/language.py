@@ -169,19 +169,27 @@ class Language(abc.ABC):
         token after ``ids[b, :t+1]``, aligned with a model's logits. Rows at or after EOS or PAD, and
         rows of impossible prefixes, are zero.
         """
-        ids = np.asarray(ids)
-        B, T = ids.shape
-        out = np.zeros((B, T, self.vocab.size))
-        for b in range(B):
-            if T == 0 or ids[b, 0] != BOS_ID:
-                raise FormalLMError(f"row {b} of ids does not start with BOS ({BOS_ID})")
+        ids, out = self._probs_buffer(ids)
+        for b in range(ids.shape[0]):
             row = ids[b, 1:]
             stop = np.flatnonzero((row == EOS_ID) | (row == PAD_ID))
-            n = int(stop[0]) if len(stop) else T - 1
+            n = int(stop[0]) if len(stop) else len(row)
             syms = tuple(self.vocab.tokens[i] for i in row[:n])
             table = self.next_token_table(syms)
-            out[b, : n + 1] = table[: min(n + 1, T)]
+            out[b, : n + 1] = table[: min(n + 1, ids.shape[1])]
         return out
+
+    def _probs_buffer(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Checks a [B, T] batch of ids (every row starts with BOS) and returns it with a zeroed
+        [B, T, V] output array."""
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise FormalLMError(f"ids must be a [B, T] array of token ids, got shape {ids.shape}")
+        bad = np.flatnonzero(ids[:, 0] != BOS_ID) if ids.shape[1] else np.arange(len(ids))
+        if len(bad):
+            raise FormalLMError(Problem(f"row {bad[0]} of ids does not start with BOS ({BOS_ID})",
+                                        "encode strings with lang.vocab.batch"))
+        return ids, np.zeros((*ids.shape, self.vocab.size))
 
     def length_distribution(self, max_length: int) -> np.ndarray:
         """P(|s| = L) for L = 0..max_length."""

@@ -36,7 +36,7 @@ from typing import final
 
 import numpy as np
 
-from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
+from formal_lm.errors import FormalLMError, Location, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID, RESERVED, String, check_symbols
 

@@ -170,12 +170,10 @@ class PFSA(Language):
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised over the batch: a scan of the forward vectors over time (for a PDFA, a scan
         of states and a lookup of each state's next-token row)."""
-        ids = np.asarray(ids)
+        ids, out = self._probs_buffer(ids)
         B, T = ids.shape
         if self.deterministic:
             return self._pdfa_next_token_probs(ids)
-        V = self.vocab.size
-        out = np.zeros((B, T, V))
         alpha = np.tile(self.init, (B, 1))
         live = np.ones(B, bool)
         emit = self.T.sum(axis=2).T  # [S, A]: prob of emitting each symbol from each state

@@ -115,3 +115,11 @@ def test_random_dyck_languages_conform(lo, width, nested):
     lang = fl.DyckLanguage("d", pairs, fl.Uniform(lo, lo + width), nested=nested or len(pairs) == 1)
     check_language(lang, 8 if len(pairs) == 1 else 6, n_samples=500)
 
+
+
+@pytest.mark.parametrize("name", ["anbn", "dyck2", "parity", "arith"])
+def test_next_token_probs_rejects_rows_without_bos(name):
+    lang = fl.load(name)
+    ids = lang.vocab.batch([lang.sample(1, seed=0)[0]])
+    with pytest.raises(fl.FormalLMError, match="does not start with BOS"):
+        lang.next_token_probs(ids[:, 1:])

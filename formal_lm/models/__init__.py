@@ -112,7 +112,7 @@ def make(
       >>> make("transformer", vocab_size=7, d_modle=8)
       Traceback (most recent call last):
       ...
-      ValueError: unknown config key 'd_modle' for 'transformer'; known keys: vocab_size, d_model, n_heads, d_ff, n_layers, max_len, pos_encoding, norm, dropout
+      ValueError: unknown config key 'd_modle' for 'transformer'; known keys: vocab_size, d_model, n_heads, d_ff, n_layers, max_len, pos_encoding, norm, dropout, activation
     """
     if name not in CONFIGS:
         raise ValueError(f"unknown model name {name!r}; known names: {', '.join(CONFIGS)}")

@@ -138,6 +138,35 @@ def test_packing_keeps_every_target_and_the_loss():
     np.testing.assert_allclose(float(s2), float(s), rtol=1e-5)
 
 
+def test_pack_classes_keeps_every_target_and_the_loss():
+    """data.pack_classes: rows of several lengths; every real target once, each sequence in a
+    row at least as long, one segment per sequence, and the PAD-masked loss summed over all row
+    lengths equals masked_nll of the padded batch (same model, eval mode)."""
+    from formal_lm.models import make
+
+    lang = fl.load("anbn-short")
+    ids = lang.vocab.batch(lang.sample(24, seed=3), length=40)  # [24, 40], right-padded
+    lengths = tdata.row_lengths(40, 5)
+    assert lengths[0] == 39 and len(lengths) == 5 and list(lengths) == sorted(lengths)[::-1]
+    for fill in (True, False):
+        parts = tdata.pack_classes(ids, 5, fill=fill)
+        assert [p["inp"].shape for p in parts] == [(24, L) for L in lengths]
+        assert sum(int((p["tgt"] != 0).sum()) for p in parts) == int((ids[:, 1:] != 0).sum())
+        assert sum(int(((p["pos"] == 0) & (p["seg"] > 0)).sum()) for p in parts) == len(ids)
+        for p in parts:
+            assert not p["seg"][int(p["rows"]):].any()
+        model = make("transformer", vocab_size=lang.vocab.size, seed=0, **TINY_MODEL, max_len=40)
+        s, n = engine.masked_nll(model(jnp.asarray(ids[:, :-1])), jnp.asarray(ids))
+        s2 = sum(float(jnp.sum(engine.token_nll(model._packed(
+            jnp.asarray(p["inp"]), jnp.asarray(p["pos"]), jnp.asarray(p["seg"])),
+            jnp.asarray(p["tgt"])) * (p["tgt"] != 0))) for p in parts)
+        np.testing.assert_allclose(s2, float(s), rtol=1e-5)
+    # one class is data.pack's layout
+    one, = tdata.pack_classes(ids, 1)
+    for k, v in tdata.pack(ids).items():
+        np.testing.assert_array_equal(one[k], v)
+
+
 def test_packed_step_matches_unpacked_gradient():
     """One step of the packed engine (micro-batched, while loop) equals a plain full-batch
     step on the padded batch (dropout off)."""

@@ -190,3 +190,56 @@ def pack(ids: np.ndarray) -> dict[str, np.ndarray]:
         free[r] -= m
         rows = max(rows, r + 1)
     return {"inp": inp, "tgt": tgt, "pos": pos, "seg": seg, "rows": np.int32(rows)}
+
+
+def row_lengths(T: int, classes: int) -> tuple[int, ...]:
+    """Row lengths of :func:`pack_classes` for a padded length ``T``: ``T-1`` and then
+    ``classes - 1`` more, evenly spaced down to about half of it (none under 8, no repeats)."""
+    top = T - 1
+    if classes <= 1:
+        return (top,)
+    step = max(1, math.ceil(top / (2 * (classes - 1))))
+    return tuple(sorted({max(top - i * step, min(8, top)) for i in range(classes)},
+                        reverse=True))
+
+
+def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[dict]:
+    """Like :func:`pack`, but into rows of several static lengths (see :func:`row_lengths`).
+
+    A sequence with m inputs belongs to the shortest row length ``L >= m``; it is placed
+    first-fit decreasing into the open rows of its own length (or, with ``fill``, into those of
+    any longer length too, as a filler), else opens a row of its own length. So short sequences
+    do not pay ``T x T`` attention. Returns one dict per row length, each as :func:`pack`
+    returns (arrays [B, L], ``rows`` the used rows, rows ``0..rows-1``). Every real target of
+    ``ids`` appears exactly once over all of them; the layout is a pure function of ``ids``.
+    """
+    ids = np.asarray(ids)
+    B, T = ids.shape
+    from formal_lm.vocab import PAD_ID
+    lengths = row_lengths(T, classes)
+    n = (ids != PAD_ID).sum(axis=1) - 1  # inputs per sequence
+    order = np.argsort(-n, kind="stable")
+    out = [{"inp": np.zeros((B, L), np.int32), "tgt": np.zeros((B, L), np.int32),
+            "pos": np.zeros((B, L), np.int32), "seg": np.zeros((B, L), np.int32),
+            "rows": np.int32(0)} for L in lengths]
+    open_rows: list[list[int]] = []  # [class, row index in that class, free slots, segments]
+    for b in order:
+        m = int(n[b])
+        if m <= 0:
+            continue
+        c = max(i for i, L in enumerate(lengths) if L >= m)
+        for r in open_rows:
+            if r[2] >= m and (r[0] == c or (fill and r[0] < c)):
+                break
+        else:
+            r = [c, int(out[c]["rows"]), lengths[c], 0]
+            out[c]["rows"] = np.int32(r[1] + 1)
+            open_rows.append(r)
+        p, i, o = out[r[0]], r[1], lengths[r[0]] - r[2]
+        p["inp"][i, o:o + m] = ids[b, :m]
+        p["tgt"][i, o:o + m] = ids[b, 1:m + 1]
+        p["pos"][i, o:o + m] = np.arange(m)
+        r[3] += 1
+        p["seg"][i, o:o + m] = r[3]
+        r[2] -= m
+    return out

@@ -37,13 +37,25 @@ from formal_lm.training import objectives
 from formal_lm.training._models import config_class, make_model
 from formal_lm.training.config import TrainConfig, config_from_dict
 from formal_lm.training.data import (DROPOUT, MODEL, OOD, VAL, Source, bucket_length, derive,
-                                     encode, held_out, pack)
+                                     encode, held_out, pack_classes)
 from formal_lm.vocab import PAD_ID
 
 KL_TOLERANCE = 1e-6
 # Packed rows per gradient micro-batch, summed over the seeds of one program: small enough that
 # a micro-batch's activations stay in cache, large enough to amortise per-iteration overhead.
-MICRO_ROWS = 8
+MICRO_ROWS = 4
+# Packed row lengths per batch (data.pack_classes): rows of T-1 slots and shorter ones down to
+# about (T-1)/2, so a row's T x T attention fits its longest sequence; each length is its own
+# static shape with its own micro-batch loop (one compile per bucket still). Each length adds
+# loop bodies to compile (~50 s instead of ~7 s at T = 258), so short buckets, where attention
+# is cheap anyway, keep one row length.
+ROW_CLASSES = 5
+ROW_CLASSES_MIN_T = 128
+
+
+def row_classes(T: int) -> int:
+    """How many packed row lengths a bucket of padded length T uses."""
+    return ROW_CLASSES if T >= ROW_CLASSES_MIN_T else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,39 +218,48 @@ class _Programs:
         def packed_grads(params, rest, batch, key, chunk):
             """(sum of NLL over real targets, its gradient) over the used packed rows.
 
-            Gradient accumulation over micro-batches of ``chunk`` rows in a while loop that
-            stops after ``batch["rows"]``: the empty rows cost nothing and a micro-batch's
-            activations (scores [chunk, H, T, T], MLP [chunk, T, F]) stay small.
+            ``batch`` is a list with one dict of packed rows per row length L. For each,
+            gradient accumulation over micro-batches of ``chunk`` rows in a while loop that
+            stops after its ``rows`` (the last ``rows % chunk`` one row at a time): the empty
+            rows cost nothing and a micro-batch's activations (scores [chunk, H, L, L], MLP
+            [chunk, L, F]) stay small.
             """
-            arrs = {k: batch[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, T]
-            R = arrs["inp"].shape[0]
-            if R % chunk:
-                arrs = {k: jnp.pad(a, ((0, chunk - R % chunk), (0, 0))) for k, a in arrs.items()}
-            n_chunks = (batch["rows"] + chunk - 1) // chunk
-
-            def chunk_loss(p, i):
-                c = {k: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk) for k, a in arrs.items()}
+            def chunk_loss(p, arrs, start, size, ckey):
+                c = {k: jax.lax.dynamic_slice_in_dim(a, start, size) for k, a in arrs.items()}
                 model = nnx.merge(gd_train, p, rest, copy=True)
                 logits = model._packed(c["inp"], c["pos"], c["seg"],
-                                       rngs=jax.random.fold_in(key, i))  # [c, T, V]
+                                       rngs=jax.random.fold_in(ckey, start))  # [size, L, V]
                 mask = (c["tgt"] != PAD_ID).astype(jnp.float32)
                 return jnp.sum(token_nll(logits, c["tgt"]) * mask)
 
-            def body(carry):
-                i, s, g = carry
-                si, gi = jax.value_and_grad(chunk_loss)(params, i)
-                return i + 1, s + si, jax.tree.map(jnp.add, g, gi)
+            def loop(arrs, first, count, size, ckey, s, g):
+                """Accumulates rows first + i * size .. + size - 1 for i < count."""
+                def body(carry):
+                    i, s, g = carry
+                    si, gi = jax.value_and_grad(chunk_loss)(params, arrs, first + i * size,
+                                                            size, ckey)
+                    return i + 1, s + si, jax.tree.map(jnp.add, g, gi)
 
-            zero = jax.tree.map(jnp.zeros_like, params)
-            _, s, g = jax.lax.while_loop(lambda c: c[0] < n_chunks, body,
-                                         (jnp.int32(0), jnp.float32(0.0), zero))
+                return jax.lax.while_loop(lambda c: c[0] < count, body,
+                                          (jnp.int32(0), s, g))[1:]
+
+            s, g = jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params)
+            for ci, part in enumerate(batch):
+                arrs = {k: part[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, L]
+                ckey = jax.random.fold_in(key, ci)
+                size = min(chunk, arrs["inp"].shape[0])
+                full = part["rows"] // size
+                s, g = loop(arrs, 0, full, size, ckey, s, g)
+                if size > 1:  # the last rows % size rows one at a time: no empty rows
+                    s, g = loop(arrs, full * size, part["rows"] - full * size, 1, ckey, s, g)
             return s, g
 
         def packed_step(params, opt_state, acc, rest, batch, ood, key, t, *, chunk, batch_size):
             key = jax.random.fold_in(key, t)
             k1, k2 = jax.random.split(key)
             s, g = packed_grads(params, rest, batch, k1, chunk)
-            n = jnp.maximum(jnp.sum(batch["tgt"] != PAD_ID).astype(jnp.float32), 1.0)
+            n = jnp.maximum(sum(jnp.sum(part["tgt"] != PAD_ID) for part in batch)
+                            .astype(jnp.float32), 1.0)
             grads = jax.tree.map(lambda x: x / n, g)
             aux = {"loss": s / n, "loss_per_seq": s / batch_size}
             if ood is not None:
@@ -258,7 +279,7 @@ class _Programs:
 
         def packed_program(params, opt_state, acc, rest, batch, ood, key, t):
             # Shapes are known here: K seeds share the micro-batch budget MICRO_ROWS.
-            K = batch["inp"].shape[0]
+            K = batch[0]["inp"].shape[0]
             f = functools.partial(packed_step, chunk=max(1, MICRO_ROWS // K),
                                   batch_size=config.batch_size)
             return jax.vmap(f, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
@@ -267,7 +288,7 @@ class _Programs:
         # Optimizer state is built inside the vmap: clipping's global norm is per seed.
         self.init_fn = jax.jit(jax.vmap(init))
         donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
-        # Transformers train on packed rows (data.pack): only real tokens do work.
+        # Transformers train on packed rows (data.pack_classes): only real tokens do work.
         self.packed = config.model == "transformer"
         if self.packed:
             self.step_fn = jax.jit(packed_program, donate_argnums=donate)
@@ -325,11 +346,13 @@ class Engine:
 
     def prepare(self, ids: np.ndarray):
         """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
-        (a dict of [K, B, T-1] arrays and rows [K], see ``data.pack``), else ids itself."""
+        (a list with, per row length L of ``data.pack_classes``, a dict of [K, B, L] arrays and
+        rows [K]), else ids itself."""
         if not self.programs.packed:
             return ids
-        packs = [pack(x) for x in ids]
-        return {k: np.stack([p[k] for p in packs]) for k in packs[0]}
+        packs = [pack_classes(x, row_classes(ids.shape[-1])) for x in ids]
+        return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
+                for c in range(len(packs[0]))]
 
     def zero_acc(self):
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})

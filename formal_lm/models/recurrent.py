@@ -25,7 +25,23 @@ from formal_lm.models.transformer import _as_rngs, _dropout, _dropout_problems, 
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMConfig:
+class _RecurrentConfig:
+    """Fields and checks shared by the LSTM and Elman RNN configs (distinct types, so the
+    model registry can tell them apart)."""
+
+    vocab_size: int
+    d_model: int = 16
+    hidden: int = 64
+    n_layers: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
+        _raise_if(problems + _dropout_problems(self), type(self).__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig(_RecurrentConfig):
     """Hyper-parameters of :class:`LSTMLM`.
 
     Args:
@@ -40,19 +56,9 @@ class LSTMConfig:
       32
     """
 
-    vocab_size: int
-    d_model: int = 16
-    hidden: int = 64
-    n_layers: int = 1
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
-        _raise_if(problems + _dropout_problems(self), type(self).__name__)
-
 
 @dataclasses.dataclass(frozen=True)
-class RNNConfig:
+class RNNConfig(_RecurrentConfig):
     """Hyper-parameters of :class:`RNNLM` (Elman network, tanh).
 
     Args:
@@ -66,16 +72,6 @@ class RNNConfig:
       >>> RNNConfig(vocab_size=8, n_layers=2).n_layers
       2
     """
-
-    vocab_size: int
-    d_model: int = 16
-    hidden: int = 64
-    n_layers: int = 1
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
-        _raise_if(problems + _dropout_problems(self), type(self).__name__)
 
 
 # --------------------------------------------------------------------------- cells

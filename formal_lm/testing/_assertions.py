@@ -234,12 +234,19 @@ def assert_next_token_sets(model_fn: ModelFn, lang, *, strings: st.SearchStrateg
                                        f" extra {_tokens(lang, got & ~want)})")
         return None
 
+    _raise_shortest(lang, f"wrong next-token set (threshold={threshold})", strategy,
+                    first_bad, max_examples)
+
+
+def _raise_shortest(lang, title: str, strategy, first_bad, max_examples: int) -> None:
+    """Searches ``strategy`` for a string where ``first_bad`` finds a bad position; raises an
+    AssertionError showing the shortest one found and the first bad prefix."""
     bad = _search(strategy, lambda s: first_bad(s) is not None, max_examples)
     if bad is None:
         return
     pos = first_bad(bad)
     raise AssertionError(
-        f"{lang.name}: wrong next-token set (threshold={threshold})\n"
+        f"{lang.name}: {title}\n"
         f"  string: {_show(bad)} ({len(bad)} symbols, the shortest failing string found)\n"
         f"  prefix: {_show(bad[:pos.t])}\n  {pos.detail}")
 
@@ -287,11 +294,4 @@ def assert_close_to_language(model_fn: ModelFn, lang, *, max_kl: float = 0.05,
                                        f"  exact: {fmt(exact[t])}\n  model: {fmt(np.exp(logq[t]))}")
         return None
 
-    bad = _search(strategy, lambda s: first_bad(s) is not None, max_examples)
-    if bad is None:
-        return
-    pos = first_bad(bad)
-    raise AssertionError(
-        f"{lang.name}: model too far from the language\n"
-        f"  string: {_show(bad)} ({len(bad)} symbols, the shortest failing string found)\n"
-        f"  prefix: {_show(bad[:pos.t])}\n  {pos.detail}")
+    _raise_shortest(lang, "model too far from the language", strategy, first_bad, max_examples)

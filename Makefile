@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/anbn-rule-extrapolation
+# JAX devices the demo splits the CPU into (its seeds are sharded over them)
+CPU_DEVICES ?= 2
 
 .PHONY: demo test test-slow bench clean
 
@@ -14,7 +16,8 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/formal-lm inspect anbn
-	$(BIN)/formal-lm run experiments/anbn-rule-extrapolation.toml --out $(OUT)
+	$(BIN)/formal-lm run experiments/anbn-rule-extrapolation.toml --out $(OUT) \
+		--cpu-devices $(CPU_DEVICES)
 	@echo "report: $(OUT)/report.md"
 
 test: $(BIN)/.installed

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from formal_lm.training import TrainConfig
-from formal_lm.training.engine import Engine
+from formal_lm.training.engine import Engine, default_mesh
 
 SHAPES = {
     # as nn.Transformer in the paper's released code: post-LayerNorm, ReLU
@@ -80,9 +80,9 @@ def bench(shape: str, K: int, steps: int, vocab_size: int = 5) -> dict:
     spec = SHAPES[shape]
     cfg = TrainConfig(language="anbn", steps=1000, seeds=K, batch_size=spec["B"],
                       model_config=spec["model"])
-    eng = Engine(cfg, vocab_size, mesh=None)
-    batches = [eng.shard(eng.prepare(anbn_batch(K, spec["B"], spec["T"], seed=i)))
-               for i in range(2)]
+    eng = Engine(cfg, vocab_size, mesh=default_mesh(K))
+    batches = [eng.shard_step_args(eng.prepare(anbn_batch(K, spec["B"], spec["T"], seed=i)),
+                                   None)[0] for i in range(2)]
     args = (eng.params, eng.opt_state, eng.zero_acc(), eng.rest, batches[0], None, eng.keys,
             np.int32(0))
     t = time.perf_counter()
@@ -117,7 +117,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="timed steps per case")
     ap.add_argument("--shape", choices=sorted(SHAPES), help="only this shape")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32], help="values of K")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="CPU devices (jax_num_cpu_devices); with several, the step is sharded "
+                         "over engine.default_mesh(K): seeds first, then packed rows")
     args = ap.parse_args(argv)
+    jax.config.update("jax_num_cpu_devices", args.devices)
     if args.quick:
         cases = [("cpu", 1), ("cpu", 8), ("paper", 1)]
     else:

@@ -59,11 +59,18 @@ mesh = default_mesh(8)
 assert mesh is not None and mesh.devices.size == 8, mesh
 a = train(cfg, sys.argv[2] + "/sharded", progress=False, mesh=mesh)
 b = train(cfg, sys.argv[2] + "/single", progress=False, mesh=None)
-print(json.dumps({"sharded": a.final, "single": b.final, "devices": jax.device_count()}))
+# 2 seeds on 8 devices: 2 along "seeds", each seed's packed rows split 4 ways along "rows"
+cfg2 = dataclasses.replace(cfg, seeds=(3, 5))
+mesh2 = default_mesh(2)
+assert dict(mesh2.shape) == {"seeds": 2, "rows": 4}, mesh2
+c = train(cfg2, sys.argv[2] + "/rows", progress=False, mesh=mesh2)
+d = train(cfg2, sys.argv[2] + "/rows-single", progress=False, mesh=None)
+print(json.dumps({"sharded": a.final + c.final, "single": b.final + d.final,
+                  "devices": jax.device_count()}))
 """
 
 
-def test_seeds_sharded_over_8_devices_match_unsharded(tmp_path):
+def test_seeds_and_rows_sharded_over_8_devices_match_unsharded(tmp_path):
     (tmp_path / "c.toml").write_text(CONFIG)
     out = json.loads(run_python(SHARDED, str(tmp_path / "c.toml"), str(tmp_path)).splitlines()[-1])
     assert out["devices"] == 8

@@ -2,10 +2,13 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import formal_lm as fl
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def problems_of(text):
@@ -121,6 +124,20 @@ def test_cli_reports_bad_files_without_a_traceback(tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and f"{bad}:7:" in run.stderr
+
+
+def test_cli_cpu_devices_is_checked(tmp_path, capsys):
+    """--cpu-devices below 1, or after JAX has started in this process, is a clear error."""
+    import jax
+
+    from formal_lm.cli import main
+
+    jax.numpy.zeros(1).block_until_ready()  # JAX has started in this test process
+    config = str(ROOT / "configs" / "anbn-transformer.toml")
+    for n, needle in (("0", "must be at least 1"), ("2", "JAX_NUM_CPU_DEVICES")):
+        code = main(["train", config, "--out", str(tmp_path), "--cpu-devices", n])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err
 
 
 def test_cli_inspect_prints_the_exact_optimal_loss():

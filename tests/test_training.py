@@ -167,11 +167,44 @@ def test_pack_classes_keeps_every_target_and_the_loss():
         np.testing.assert_array_equal(one[k], v)
 
 
-def test_packed_step_matches_unpacked_gradient():
+@pytest.mark.parametrize("shards,block", [(1, 1), (2, 1), (2, 4), (3, 2), (4, 4)])
+def test_deal_rows_splits_every_row_once_in_blocks(shards, block):
+    """data.deal_rows: each used row lands in exactly one slice, unchanged; a slice's used rows
+    come first; whole blocks are dealt round robin, so slice counts differ by at most a block.
+    Checked on a typical batch and on one whose every row is used (one sequence per row)."""
+    lang = fl.load("anbn-short")
+    typical = lang.vocab.batch(lang.sample(40, seed=5), length=40)
+    every_row = lang.vocab.batch(lang.sample(10, seed=1, length=30), length=40)
+    for ids in (typical, every_row):
+        part = tdata.pack(ids)
+        used = int(part["rows"])
+        dealt = tdata.deal_rows(part, shards, block)
+        C = dealt["inp"].shape[0] // shards
+        assert dealt["inp"].shape == (shards * C, 39) and C >= -(-len(ids) // shards)
+        assert dealt["rows"].sum() == used and (dealt["rows"] <= C).all()
+        assert dealt["rows"].max() - dealt["rows"].min() <= block
+        got = []
+        for j, n in enumerate(dealt["rows"]):
+            assert not dealt["seg"][j * C + int(n):(j + 1) * C].any()  # the rest is empty
+            got += [tuple(tuple(dealt[k][i]) for k in ("inp", "tgt", "pos", "seg"))
+                    for i in range(j * C, j * C + int(n))]
+        want = [tuple(tuple(part[k][i]) for k in ("inp", "tgt", "pos", "seg"))
+                for i in range(used)]
+        assert sorted(got) == sorted(want)
+        if shards == 1:
+            assert got == want
+    assert int(tdata.pack(every_row)["rows"]) == len(every_row)
+
+
+@pytest.mark.parametrize("one_at_a_time", [True, False])
+def test_packed_step_matches_unpacked_gradient(one_at_a_time, monkeypatch):
     """One step of the packed engine (micro-batched, while loop) equals a plain full-batch
-    step on the padded batch (dropout off)."""
+    step on the padded batch (dropout off), with the seeds vmapped or run one at a time."""
     import optax
     from flax import nnx
+
+    monkeypatch.setattr(engine, "SEEDS_ONE_AT_A_TIME", one_at_a_time)
+    monkeypatch.setattr(engine, "_PROGRAMS", {})  # trace afresh with this setting
 
     lang = fl.load("anbn-short")
     # plain SGD, lr 1: the update is the gradient itself (Adam would amplify float noise

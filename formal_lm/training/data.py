@@ -243,3 +243,37 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[d
         p["seg"][i, o:o + m] = r[3]
         r[2] -= m
     return out
+
+
+def deal_rows(part: dict, shards: int, block: int = 1) -> dict:
+    """Deals the used rows of one packed row length (a :func:`pack` dict) over ``shards`` equal
+    slices, round robin in blocks of ``block`` consecutive rows: slice ``j`` holds blocks
+    ``j, j + shards, ...`` first, then empty rows.
+
+    With ``block`` the trainer's micro-batch size, each slice's rows fill whole micro-batches
+    but for at most one block. Returns arrays [shards * C, L] (C = ``block`` times
+    ceil(ceil(B / block) / shards) rows per slice, room for any B used rows) and ``rows`` int32
+    [shards], the used rows of each slice. ``shards=1`` keeps the
+    layout (``rows`` becomes [1]). Every row appears exactly once.
+
+    Example:
+        >>> part = pack(np.array([[1, 3, 4, 2], [1, 3, 2, 0], [1, 4, 2, 0]]))
+        >>> int(part["rows"]), deal_rows(part, 2)["rows"].tolist()
+        (3, [2, 1])
+    """
+    B = part["inp"].shape[0]
+    blocks = -(-B // block)  # ceil: the most blocks B rows can fill
+    C = block * -(-blocks // shards)
+    used = int(part["rows"])
+    out = {k: np.zeros((shards * C,) + part[k].shape[1:], part[k].dtype)
+           for k in ("inp", "tgt", "pos", "seg")}
+    counts = np.zeros(shards, np.int32)
+    starts = np.arange(0, used, block)
+    for j in range(shards):
+        idx = np.concatenate([np.arange(b, min(b + block, used)) for b in starts[j::shards]]
+                             + [np.zeros(0, np.int64)])
+        counts[j] = len(idx)
+        for k in out:
+            out[k][j * C:j * C + len(idx)] = part[k][idx]
+    out["rows"] = counts
+    return out

@@ -1,11 +1,12 @@
-"""The training loop: K seeds of one configuration in one jitted, vmapped program.
+"""The training loop: K seeds of one configuration in one jitted program.
 
 Shape glossary:  K seeds   B batch   T tokens (bucketed)   V vocab   N validation strings
 
 Each seed has its own model (initialised from ``derive(seed, MODEL)``), its own optax state
 (built inside the vmap, so global-norm clipping is per seed), its own data stream and dropout
 keys. Nothing couples the seeds, so a seed trained alone matches the same seed trained among
-others to float tolerance. The seeds axis can be sharded over a device mesh.
+others to float tolerance. The seeds axis (and a Transformer's packed rows) can be sharded over a
+device mesh (:func:`default_mesh`, ``_Programs.step_fn``).
 
 Run directory layout::
 
@@ -37,7 +38,7 @@ from formal_lm.training import objectives
 from formal_lm.training._models import config_class, make_model
 from formal_lm.training.config import TrainConfig, config_from_dict
 from formal_lm.training.data import (DROPOUT, MODEL, OOD, VAL, Source, bucket_length, derive,
-                                     encode, held_out, pack_classes)
+                                     deal_rows, encode, held_out, pack_classes)
 from formal_lm.vocab import PAD_ID
 
 KL_TOLERANCE = 1e-6
@@ -51,6 +52,22 @@ MICRO_ROWS = 4
 # is cheap anyway, keep one row length.
 ROW_CLASSES = 5
 ROW_CLASSES_MIN_T = 128
+# Packed models run a device's seeds one after another (lax.map) when True, vmapped when False;
+# None: one at a time on CPU, where a vmapped while loop turns into selects and gathers (10-25 %
+# slower per seed), vmapped on accelerators.
+SEEDS_ONE_AT_A_TIME: bool | None = None
+
+
+def _one_at_a_time() -> bool:
+    if SEEDS_ONE_AT_A_TIME is None:
+        return jax.default_backend() == "cpu"
+    return SEEDS_ONE_AT_A_TIME
+
+
+def micro_rows(local_seeds: int) -> int:
+    """Packed rows per micro-batch for a device with ``local_seeds`` seeds: vmapped seeds share
+    the budget MICRO_ROWS; seeds run one at a time each get all of it."""
+    return MICRO_ROWS if _one_at_a_time() else max(1, MICRO_ROWS // local_seeds)
 
 
 def row_classes(T: int) -> int:
@@ -246,20 +263,26 @@ class _Programs:
             s, g = jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params)
             for ci, part in enumerate(batch):
                 arrs = {k: part[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, L]
+                rows = part["rows"][0]  # this shard's used rows (data.deal_rows)
                 ckey = jax.random.fold_in(key, ci)
                 size = min(chunk, arrs["inp"].shape[0])
-                full = part["rows"] // size
+                full = rows // size
                 s, g = loop(arrs, 0, full, size, ckey, s, g)
                 if size > 1:  # the last rows % size rows one at a time: no empty rows
-                    s, g = loop(arrs, full * size, part["rows"] - full * size, 1, ckey, s, g)
+                    s, g = loop(arrs, full * size, rows - full * size, 1, ckey, s, g)
             return s, g
 
-        def packed_step(params, opt_state, acc, rest, batch, ood, key, t, *, chunk, batch_size):
+        def packed_step(params, opt_state, acc, rest, batch, ood, key, t, *, chunk, batch_size,
+                        rows_axis):
             key = jax.random.fold_in(key, t)
             k1, k2 = jax.random.split(key)
+            if rows_axis is not None:  # each rows shard draws its own dropout masks
+                k1 = jax.random.fold_in(k1, jax.lax.axis_index(rows_axis))
             s, g = packed_grads(params, rest, batch, k1, chunk)
-            n = jnp.maximum(sum(jnp.sum(part["tgt"] != PAD_ID) for part in batch)
-                            .astype(jnp.float32), 1.0)
+            n = sum(jnp.sum(part["tgt"] != PAD_ID) for part in batch).astype(jnp.float32)
+            if rows_axis is not None:  # data parallel over the rows: sum the shards' sums
+                s, g, n = jax.lax.psum((s, g, n), rows_axis)
+            n = jnp.maximum(n, 1.0)
             grads = jax.tree.map(lambda x: x / n, g)
             aux = {"loss": s / n, "loss_per_seq": s / batch_size}
             if ood is not None:
@@ -277,26 +300,54 @@ class _Programs:
             acc = {k: acc[k] + aux[k] for k in acc}
             return params, opt_state, acc
 
-        def packed_program(params, opt_state, acc, rest, batch, ood, key, t):
-            # Shapes are known here: K seeds share the micro-batch budget MICRO_ROWS.
-            K = batch[0]["inp"].shape[0]
-            f = functools.partial(packed_step, chunk=max(1, MICRO_ROWS // K),
-                                  batch_size=config.batch_size)
-            return jax.vmap(f, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
-                params, opt_state, acc, rest, batch, ood, key, t)
+        def packed_local(params, opt_state, acc, rest, batch, ood, key, t, *, rows_axis):
+            f = functools.partial(packed_step, chunk=micro_rows(batch[0]["inp"].shape[0]),
+                                  batch_size=config.batch_size, rows_axis=rows_axis)
+            return _over_seeds(f, _one_at_a_time(), params, opt_state, acc, rest, batch, ood,
+                               key, t)
+
+        def plain_local(params, opt_state, acc, rest, ids, ood, key, t, *, rows_axis):
+            return _over_seeds(step, False, params, opt_state, acc, rest, ids, ood, key, t)
 
         # Optimizer state is built inside the vmap: clipping's global norm is per seed.
         self.init_fn = jax.jit(jax.vmap(init))
-        donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
         # Transformers train on packed rows (data.pack_classes): only real tokens do work.
         self.packed = config.model == "transformer"
-        if self.packed:
-            self.step_fn = jax.jit(packed_program, donate_argnums=donate)
-        else:
-            self.step_fn = jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, 0, 0, 0, None)),
-                                   donate_argnums=donate)
+        self._local = packed_local if self.packed else plain_local
+        self._steps: dict = {}
         self.eval_fn = jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None, None, None)))
         self.lr_fn = jax.jit(make_schedule(config))
+
+    def step_fn(self, mesh=None):
+        """The jitted train step ``(params, opt_state, acc, rest, batch, ood, keys, t) ->
+        (params, opt_state, acc)`` for ``mesh`` (None: one device).
+
+        On a mesh, ``shard_map`` gives each device its own seeds (axis "seeds") and, for
+        packed models, its own share of the packed rows (axis "rows", data parallel: the
+        shards' loss and gradient sums are added with ``psum`` before the update). Every device
+        runs its own loops, with no collective inside them.
+        """
+        if mesh not in self._steps:
+            rows = mesh.shape.get("rows", 1) if mesh is not None else 1
+            fn = functools.partial(self._local, rows_axis="rows" if rows > 1 else None)
+            if mesh is not None:
+                P = jax.sharding.PartitionSpec
+                seeds = P("seeds")
+                batch = P("seeds", "rows") if self.packed and "rows" in mesh.axis_names else seeds
+                fn = jax.shard_map(fn, mesh=mesh, out_specs=seeds, check_vma=False,
+                                   in_specs=(seeds, seeds, seeds, seeds, batch, seeds, seeds, P()))
+            donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
+            self._steps[mesh] = jax.jit(fn, donate_argnums=donate)
+        return self._steps[mesh]
+
+
+def _over_seeds(f, one_at_a_time: bool, params, opt_state, acc, rest, batch, ood, key, t):
+    """``f(..., t)`` for every seed (leading axis of all but ``t``): vmapped, or one seed after
+    another with ``lax.map`` (each seed then runs the K = 1 program; no vmapped while loops)."""
+    args = (params, opt_state, acc, rest, batch, ood, key)
+    if one_at_a_time:
+        return jax.lax.map(lambda a: f(*a, t), args)
+    return jax.vmap(lambda *a: f(*a, t))(*args)
 
 
 def programs(config: TrainConfig, vocab_size: int) -> _Programs:
@@ -315,7 +366,10 @@ class Engine:
         self.vocab_size = vocab_size
         self.mesh = mesh
         prog = self.programs = programs(config, vocab_size)
-        self.step_fn, self.eval_fn = prog.step_fn, prog.eval_fn
+        self.step_fn, self.eval_fn = prog.step_fn(mesh), prog.eval_fn
+        # shards of the packed rows (data parallel within a seed; see _Programs.step_fn)
+        self.row_shards = mesh.shape.get("rows", 1) if mesh is not None and prog.packed else 1
+        self.seed_shards = mesh.shape["seeds"] if mesh is not None else 1
         model_seeds = np.array([derive(s, MODEL) for s in self.seeds], np.int32)
         dropout_seeds = np.array([derive(s, DROPOUT) for s in self.seeds], np.int32)
         self.params, self.rest, self.keys, self.opt_state = prog.init_fn(model_seeds,
@@ -331,12 +385,13 @@ class Engine:
         return make_model(c.model, vocab_size=self.vocab_size, seed=model_seed,
                           config=c.model_config)
 
-    def shard(self, tree):
+    def shard(self, tree, spec=("seeds",)):
         """Puts arrays with a leading seeds axis onto the mesh (no-op without one)."""
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, tree)
-        spec = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("seeds"))
-        return jax.device_put(tree, spec)
+        spec = spec if set(spec) <= set(self.mesh.axis_names) else ("seeds",)
+        return jax.device_put(tree, jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(*spec)))
 
     def replicate(self, tree):
         if self.mesh is None:
@@ -346,27 +401,42 @@ class Engine:
 
     def prepare(self, ids: np.ndarray):
         """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
-        (a list with, per row length L of ``data.pack_classes``, a dict of [K, B, L] arrays and
-        rows [K]), else ids itself."""
+        (a list with, per row length L of ``data.pack_classes``, a dict of [K, R, L] arrays and
+        rows [K, S], the rows dealt over S = ``row_shards`` shards in micro-batch blocks by
+        ``data.deal_rows``), else
+        ids itself."""
         if not self.programs.packed:
             return ids
-        packs = [pack_classes(x, row_classes(ids.shape[-1])) for x in ids]
+        block = micro_rows(len(ids) // self.seed_shards)
+        packs = [[deal_rows(p, self.row_shards, block)
+                  for p in pack_classes(x, row_classes(ids.shape[-1]))] for x in ids]
         return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
                 for c in range(len(packs[0]))]
+
+    def shard_step_args(self, batch, ood):
+        """(batch, ood) placed for the step: seeds over "seeds", packed rows over "rows"."""
+        spec = ("seeds", "rows") if self.programs.packed else ("seeds",)
+        return self.shard(batch, spec), self.shard(ood)
 
     def zero_acc(self):
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
 
 
-def default_mesh(n_seeds: int):
-    """A 1-D ('seeds',) mesh over the most local devices that divide ``n_seeds`` (None if 1)."""
+def default_mesh(n_seeds: int, rows: bool = True):
+    """A ('seeds', 'rows') mesh over the local devices, or None when there is only one.
+
+    The seeds axis gets the most devices that divide ``n_seeds``; with ``rows``, the devices
+    left over split each seed's packed rows (data parallel; used by Transformers only), so
+    one seed can use every device too.
+    """
     devices = jax.local_devices()
     d = math.gcd(n_seeds, len(devices))
-    if d <= 1:
+    r = len(devices) // d if rows else 1
+    if d * r <= 1:
         return None
     # Auto axis types: the Explicit default breaks embeddings/RNNs on a sharded axis.
-    return jax.make_mesh((d,), ("seeds",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices[:d])
+    return jax.make_mesh((d, r), ("seeds", "rows"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                         devices=devices[:d * r])
 
 
 def _read_metrics(path: Path, upto: int) -> list[str]:
@@ -395,8 +465,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         resume: continue from ``run_dir/checkpoints/last.msgpack`` when it exists (the result is
             the same as an uninterrupted run); start afresh when it does not.
         progress: show a tqdm bar with per-seed loss and the optimal loss.
-        mesh: a 1-D jax Mesh with axis "seeds" to shard the seeds over, None for no sharding, or
-            "auto" (shard over local devices when there are several).
+        mesh: a jax Mesh with axis "seeds" to shard the seeds over (and optionally "rows" to
+            split a Transformer's packed rows over), None for no sharding, or "auto"
+            (:func:`default_mesh` over the local devices when there are several).
 
     Returns:
         A :class:`TrainResult`.
@@ -427,7 +498,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         raise FormalLMError(Problem(f"model.max_len={max_len} < data.max_length="
                                     f"{config.data.max_length}", "raise model.max_len"))
     if mesh == "auto":
-        mesh = default_mesh(len(config.seeds))
+        mesh = default_mesh(len(config.seeds), rows=config.model == "transformer")
     eng = Engine(config, V, mesh)
     K, seeds = len(config.seeds), config.seeds
     floor = float(lang.optimal_loss().per_token)
@@ -461,7 +532,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
             idx = np.stack([np.random.default_rng(derive(s, OOD, step)).integers(
                 len(ood_train[0]), size=config.objective.batch_size) for s in seeds])  # [K, Bo]
             ood = (ood_train[0][idx], ood_train[1][idx])
-        return eng.shard((eng.prepare(ids), ood)), T
+        return eng.shard_step_args(eng.prepare(ids), ood), T
 
     # -- state ----------------------------------------------------------------------------
     step, since_eval = 0, 0

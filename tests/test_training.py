@@ -178,7 +178,7 @@ def test_deal_rows_splits_every_row_once_in_blocks(shards, block):
     for ids in (typical, every_row):
         part = tdata.pack(ids)
         used = int(part["rows"])
-        dealt = tdata.deal_rows(part, shards, block)
+        dealt, = tdata.deal_rows([part], shards, block)
         C = dealt["inp"].shape[0] // shards
         assert dealt["inp"].shape == (shards * C, 39) and C >= -(-len(ids) // shards)
         assert dealt["rows"].sum() == used and (dealt["rows"] <= C).all()
@@ -194,6 +194,12 @@ def test_deal_rows_splits_every_row_once_in_blocks(shards, block):
         if shards == 1:
             assert got == want
     assert int(tdata.pack(every_row)["rows"]) == len(every_row)
+    # several row lengths: every row once, and the slices' work (rows x L^2) within one block's
+    parts = tdata.pack_classes(typical, 5)
+    dealt = tdata.deal_rows(parts, shards, block)
+    assert [d["rows"].sum() for d in dealt] == [int(p["rows"]) for p in parts]
+    work = sum(d["rows"] * d["inp"].shape[1] ** 2 for d in dealt)
+    assert work.max() - work.min() <= block * parts[0]["inp"].shape[1] ** 2
 
 
 @pytest.mark.parametrize("one_at_a_time", [True, False])

@@ -245,35 +245,45 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[d
     return out
 
 
-def deal_rows(part: dict, shards: int, block: int = 1) -> dict:
-    """Deals the used rows of one packed row length (a :func:`pack` dict) over ``shards`` equal
-    slices, round robin in blocks of ``block`` consecutive rows: slice ``j`` holds blocks
-    ``j, j + shards, ...`` first, then empty rows.
+def deal_rows(parts: list[dict], shards: int, block: int = 1) -> list[dict]:
+    """Deals the used rows of packed row lengths (:func:`pack_classes` dicts, or one
+    :func:`pack` dict in a list) over ``shards`` slices, in blocks of ``block`` consecutive rows
+    of one length, so that the slices' work is about equal.
 
-    With ``block`` the trainer's micro-batch size, each slice's rows fill whole micro-batches
-    but for at most one block. Returns arrays [shards * C, L] (C = ``block`` times
-    ceil(ceil(B / block) / shards) rows per slice, room for any B used rows) and ``rows`` int32
-    [shards], the used rows of each slice. ``shards=1`` keeps the
-    layout (``rows`` becomes [1]). Every row appears exactly once.
+    Blocks go, costliest first (rows x L^2, attention's share of the work), to the slice with
+    the least work so far. With ``block`` the trainer's micro-batch size, a slice's rows of one
+    length fill whole micro-batches but for at most one block. Returns, per row length, arrays
+    [shards * C, L] (slice ``j`` is rows ``j*C .. j*C + C - 1``, its used rows first; C =
+    ``block`` times ceil(ceil(B / block) / shards), room for any B used rows) and ``rows`` int32
+    [shards], the used rows of each slice. ``shards=1`` keeps the layout (``rows`` becomes
+    [1]). Every row appears exactly once.
 
     Example:
         >>> part = pack(np.array([[1, 3, 4, 2], [1, 3, 2, 0], [1, 4, 2, 0]]))
-        >>> int(part["rows"]), deal_rows(part, 2)["rows"].tolist()
+        >>> int(part["rows"]), deal_rows([part], 2)[0]["rows"].tolist()
         (3, [2, 1])
     """
-    B = part["inp"].shape[0]
-    blocks = -(-B // block)  # ceil: the most blocks B rows can fill
-    C = block * -(-blocks // shards)
-    used = int(part["rows"])
-    out = {k: np.zeros((shards * C,) + part[k].shape[1:], part[k].dtype)
-           for k in ("inp", "tgt", "pos", "seg")}
-    counts = np.zeros(shards, np.int32)
-    starts = np.arange(0, used, block)
-    for j in range(shards):
-        idx = np.concatenate([np.arange(b, min(b + block, used)) for b in starts[j::shards]]
-                             + [np.zeros(0, np.int64)])
-        counts[j] = len(idx)
-        for k in out:
-            out[k][j * C:j * C + len(idx)] = part[k][idx]
-    out["rows"] = counts
+    blocks = []  # (cost, part index, first row, rows)
+    for i, part in enumerate(parts):
+        L, used = part["inp"].shape[1], int(part["rows"])
+        blocks += [(min(block, used - b) * L * L, i, b, min(block, used - b))
+                   for b in range(0, used, block)]
+    load = np.zeros(shards)
+    mine: list[list[list[int]]] = [[[] for _ in range(shards)] for _ in parts]
+    for cost, i, first, n in sorted(blocks, key=lambda b: (-b[0], b[1], b[2])):
+        j = int(np.argmin(load))
+        load[j] += cost
+        mine[i][j] += range(first, first + n)
+    out = []
+    for part, rows_of in zip(parts, mine):
+        B = part["inp"].shape[0]
+        n_blocks = -(-B // block)  # the most blocks B rows can fill
+        C = block * -(-n_blocks // shards)
+        dealt = {k: np.zeros((shards * C,) + part[k].shape[1:], part[k].dtype)
+                 for k in ("inp", "tgt", "pos", "seg")}
+        for j, idx in enumerate(rows_of):
+            for k in dealt:
+                dealt[k][j * C:j * C + len(idx)] = part[k][idx]
+        dealt["rows"] = np.array([len(idx) for idx in rows_of], np.int32)
+        out.append(dealt)
     return out

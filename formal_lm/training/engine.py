@@ -403,13 +403,12 @@ class Engine:
         """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
         (a list with, per row length L of ``data.pack_classes``, a dict of [K, R, L] arrays and
         rows [K, S], the rows dealt over S = ``row_shards`` shards in micro-batch blocks by
-        ``data.deal_rows``), else
-        ids itself."""
+        ``data.deal_rows``), else ids itself."""
         if not self.programs.packed:
             return ids
         block = micro_rows(len(ids) // self.seed_shards)
-        packs = [[deal_rows(p, self.row_shards, block)
-                  for p in pack_classes(x, row_classes(ids.shape[-1]))] for x in ids]
+        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1])), self.row_shards, block)
+                 for x in ids]
         return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
                 for c in range(len(packs[0]))]
 

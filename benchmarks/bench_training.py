@@ -8,6 +8,8 @@ per program step.
 
     python benchmarks/bench_training.py            # paper + cpu shapes, K = 1, 8, 32
     python benchmarks/bench_training.py --quick    # cpu shape K = 1, 8; paper shape K = 1
+    python benchmarks/bench_training.py --devices 2   # the CPU as 2 JAX devices: the step is
+                                                      # sharded over engine.default_mesh(K)
 
 Shapes: "paper" is the ICML 2024 a^n b^n Transformer (d=10, 5 heads, d_ff 1024, 5 layers,
 258 tokens, batch 128, dropout 0.1); "cpu" is a small CPU shape (d=16, 2 heads, d_ff 64,

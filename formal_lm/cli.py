@@ -86,7 +86,9 @@ def cmd_train(args) -> None:
     from formal_lm.training import load_config, train
     cfg = load_config(args.config)
     result = train(cfg, args.out, resume=args.resume)
-    print(f"{result.step} steps in {result.wall_time:.1f} s; exact optimal loss "
+    import jax
+    print(f"{result.step} steps in {result.wall_time:.1f} s on {jax.local_device_count()} "
+          f"{jax.default_backend()} device(s); exact optimal loss "
           f"{result.optimal_loss:.5f} nats/token; checkpoints in {result.last_checkpoint.parent}")
     print(f"{'seed':>6} {'loss':>9} {'val_loss':>9} {'kl':>9}   (last eval)")
     for m in result.final:

@@ -11,8 +11,8 @@ the model's completion and the rule that broke, e.g.::
       completion: ''
       full:       'b'
 
-Run with ``pytest examples/ -s`` to see the counterexample printed. When formal_lm.training is not
-importable the test falls back to a hand-built "bigram" model, which fails the same way.
+Run with ``pytest examples/ -s`` to see the counterexample printed. A hand-built "bigram" model,
+which cannot count, fails the same way (second test).
 """
 from __future__ import annotations
 
@@ -53,12 +53,7 @@ def bigram_model_fn(lang):
 
 @pytest.fixture(scope="module")
 def model():
-    lang = fl.load("anbn-short")
-    try:
-        import formal_lm.training  # noqa: F401
-    except ImportError:
-        return lang, bigram_model_fn(lang)
-    return lang, trained_model(CONFIG)
+    return fl.load("anbn-short"), trained_model(CONFIG)
 
 
 def test_rule_extrapolation_of_r1_fails(model):

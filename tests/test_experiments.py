@@ -147,7 +147,6 @@ def test_completion_objectives_are_evaluated_on_heldout_prompts_only(tiny_run):
 
 def test_resume_does_not_retrain(tiny_run):
     path, out, res, first = tiny_run
-    t0 = time.perf_counter()
     again = run_experiment(path, out, progress=False)
     assert [s["record"] for c in again["cells"] for s in c["seeds"]] == \
         [s["record"] for c in res["cells"] for s in c["seeds"]]

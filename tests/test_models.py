@@ -328,7 +328,6 @@ def test_vmap_over_stacked_seeds_matches_per_seed(case):
 @pytest.mark.parametrize("name", ["transformer", "lru"])
 def test_init_can_be_vmapped_over_seeds(name):
     config = CONFIGS[name](vocab_size=V, **dict(TINY[name], n_layers=1))
-    graphdef = nnx.split(make_from_config(config, 0))[0]
     stacked = jax.jit(jax.vmap(lambda s: nnx.split(make_from_config(config, s))[1]))(jnp.arange(2))
     for s in range(2):
         want = nnx.split(make_from_config(config, s))[1]

@@ -14,7 +14,7 @@ checkpoint the model function wraps; the experiment runner selects it (lowest va
 """
 from formal_lm.analysis._common import (
     JaxModel,
-    ModelFn,
+    ModelFn,  # noqa: F401  (the model-function type, for annotations)
     bootstrap_ci,
     call_model,
     constant_model_fn,

@@ -75,7 +75,7 @@ def next_symbol_sets(model_fn: ModelFn, lang, strings: Sequence, *, threshold: f
     if not strings:
         empty = _accuracy(np.zeros((0, 1), bool), np.zeros((0, 1), bool))
         return NextSymbolResult(threshold, train_max_length, empty, empty, ())
-    correct_rows, scored_rows = [], []
+    correct_rows = []
     order = np.argsort([len(s) for s in strings], kind="stable")  # similar lengths share a batch
     for i in range(0, len(strings), batch_size):
         idx = order[i: i + batch_size]

@@ -22,7 +22,8 @@ from formal_lm.casestudies import (
     rescale,
     run_finetune_experiment,
 )
-from formal_lm.casestudies._fit import logits_fn, masked_nll_sum
+from formal_lm.casestudies._fit import logits_fn
+from formal_lm.training.engine import masked_nll
 from formal_lm.errors import FormalLMError
 
 ANBN = fl.load("anbn-short")
@@ -55,7 +56,7 @@ def test_rescale_keeps_the_function_but_changes_parameters_gradients_and_trainin
         gd, p, rest = nnx.split(m, nnx.Param, ...)
 
         def loss(p):
-            s, n = masked_nll_sum(nnx.merge(gd, p, rest, copy=True)(x[:, :-1]), jnp.asarray(x))
+            s, n = masked_nll(nnx.merge(gd, p, rest, copy=True)(x[:, :-1]), jnp.asarray(x))
             return s / n
         return jax.grad(loss)(p)
 
@@ -121,6 +122,18 @@ def test_exact_kl_is_nonnegative_and_consistent_with_nll():
     for row in ids:
         L = int((row != 0).sum())
         assert ANBN.accepts(tuple(ANBN.vocab.decode(row))) and L <= 34
+    # KL from scratch: the per-prefix exact distribution (Language.next_token_dist, not the
+    # batched table) against the model's softmax, one position at a time
+    lq = logits_fn(model)(ids[:4, :-1])
+    total = count = 0.0
+    for b, row in enumerate(ids[:4]):
+        s = ANBN.vocab.decode(row)
+        for t in range(len(s) + 1):
+            dist = ANBN.next_token_dist(s[:t])
+            total += sum(p * (np.log(p) - lq[b, t, ANBN.vocab.id(sym)])
+                         for sym, p in dist.items() if p > 0)
+            count += 1
+    assert exact_kl(model, ANBN, ids[:4])[0] == pytest.approx(total / count, rel=1e-4)
 
 
 TINY = """

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from formal_lm.models import make
+from formal_lm.training.engine import masked_nll
 from formal_lm.vocab import PAD_ID
 
 
@@ -44,19 +45,9 @@ class FitConfig:
 
 
 def build_model(name: str, vocab_size: int, seed: int, config: dict) -> nnx.Module:
-    """``formal_lm.models.make`` in eval mode (the case studies use no dropout)."""
-    model = make(name, vocab_size=vocab_size, seed=seed, **dict(config))
-    model.eval()
-    return model
-
-
-def masked_nll_sum(logits, ids):
-    """(sum of -log p over real targets ``ids[:, 1:]``, their count); logits [B, T-1, V]."""
-    tgt = ids[:, 1:]
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]  # [B, T-1]
-    mask = (tgt != PAD_ID).astype(jnp.float32)
-    return jnp.sum(nll * mask), jnp.sum(mask)
+    """``formal_lm.models.make`` (models are built in eval mode; the case studies use no
+    dropout)."""
+    return make(name, vocab_size=vocab_size, seed=seed, **dict(config))
 
 
 def _optimizer(cfg: FitConfig) -> optax.GradientTransformation:
@@ -81,7 +72,7 @@ def _step_fn(graphdef, cfg: FitConfig):
 
     def loss_fn(params, rest, ids):
         model = nnx.merge(graphdef, params, rest, copy=True)
-        s, n = masked_nll_sum(model(ids[:, :-1]), ids)
+        s, n = masked_nll(model(ids[:, :-1]), ids)
         return s / jnp.maximum(n, 1.0)
 
     @jax.jit
@@ -129,11 +120,11 @@ def fit(model: nnx.Module, batches: Callable[[int], np.ndarray] | Iterator, cfg:
     for t in range(cfg.steps):
         ids = batches(t) if callable(batches) else next(batches)
         params, opt_state, loss = step(params, opt_state, rest, jnp.asarray(ids, jnp.int32))
-        acc, n = acc + float(loss), n + 1
+        acc, n = acc + loss, n + 1  # a device scalar: no host sync until it is logged
         if t == 0:
             first = float(loss)
         if (t + 1) % cfg.log_every == 0 or t + 1 == cfg.steps:
-            curve.append((t + 1, acc / n))
+            curve.append((t + 1, float(acc) / n))
             acc, n = 0.0, 0
     return FitResult(nnx.merge(graphdef, params, rest), curve, first)
 
@@ -155,7 +146,11 @@ def logits_fn(model: nnx.Module) -> Callable[[np.ndarray], np.ndarray]:
             return jax.nn.log_softmax(out.astype(jnp.float32))
 
         _LOGPROBS[graphdef] = f
-    return lambda ids: np.asarray(f(state, jnp.asarray(ids, jnp.int32)))
+    def fn(ids):
+        return np.asarray(f(state, jnp.asarray(ids, jnp.int32)))
+
+    fn.module = model  # analysis.call_model reads module.config.max_len (no padding past it)
+    return fn
 
 
 def mean_nll(model: nnx.Module, ids: np.ndarray, batch: int = 128) -> float:

@@ -26,6 +26,7 @@ from formal_lm.casestudies import finetune as ft
 from formal_lm.casestudies import icl
 from formal_lm.casestudies._fit import FitConfig, build_model, fit, logits_fn, mean_nll
 from formal_lm.errors import FormalLMError, Problem
+from formal_lm.experiments.runner import _jsonable  # inf and nan become null
 from formal_lm.models import CONFIGS
 from formal_lm.training.data import derive
 
@@ -128,22 +129,6 @@ def _summary(values) -> dict:
 
 def _fmt(s: dict) -> str:
     return f"{s['mean']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"
-
-
-def _jsonable(x):
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _jsonable(dataclasses.asdict(x))
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if math.isnan(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def _write_csv(rows: list[dict], path: Path):

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from formal_lm.analysis.saturation import kl_and_nll
 from formal_lm.casestudies._fit import logits_fn
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.language import Language
 from formal_lm.training.data import derive
-from formal_lm.vocab import PAD_ID
 
 _FT_STREAM = 202
 
@@ -91,13 +91,15 @@ def language_batch(lang: Language, n: int, *, seed: int, max_length: int) -> np.
 def epoch_batches(data: np.ndarray, batch_size: int, *, seed: int):
     """``step -> ids [B, T]``: each item of ``data`` once per epoch, reshuffled per epoch."""
     N = len(data)
+    perms: dict[int, np.ndarray] = {}  # epoch -> its permutation (drawn once)
+
+    def perm(epoch: int) -> np.ndarray:
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng(derive(seed, _FT_STREAM, -1, epoch)).permutation(N)
+        return perms[epoch]
 
     def get(step: int) -> np.ndarray:
-        idx = []
-        for i in range(step * batch_size, (step + 1) * batch_size):
-            epoch, j = divmod(i, N)
-            perm = np.random.default_rng(derive(seed, _FT_STREAM, -1, epoch)).permutation(N)
-            idx.append(perm[j])
+        idx = [perm(i // N)[i % N] for i in range(step * batch_size, (step + 1) * batch_size)]
         return data[np.array(idx)]
 
     return get
@@ -107,21 +109,10 @@ def exact_kl(model: nnx.Module, lang: Language, ids: np.ndarray, batch: int = 12
              ) -> tuple[float, float]:
     """(KL(true || model) per real token, NLL per real token) on ``ids [N, T]``, exactly.
 
-    The true next-token rows come from ``lang.next_token_probs``; KL is summed over real
-    positions and divided by the number of real target tokens (never negative).
+    ``analysis.saturation.kl_and_nll`` on the model's log-probabilities: the true next-token rows
+    come from ``lang.next_token_probs``; KL (never negative) and NLL are summed over real target
+    positions and divided by their count.
     """
-    lp_fn = logits_fn(model)
-    kl = nll = n = 0.0
-    for i in range(0, len(ids), batch):
-        x = ids[i:i + batch]
-        p = lang.next_token_probs(x)[:, :-1]  # [B, T-1, V]
-        lq = lp_fn(x[:, :-1]).astype(np.float64)
-        tgt = x[:, 1:]
-        m = tgt != PAD_ID
-        pos = (p > 0) & m[..., None]
-        kl += float(np.where(pos, p * (np.log(np.where(pos, p, 1.0)) - lq), 0.0).sum())
-        nll += float(-np.take_along_axis(lq, tgt[..., None], -1)[..., 0][m].sum())
-        n += float(m.sum())
-    if kl / n < -1e-6:
-        raise AssertionError(f"negative KL {kl / n}")
-    return kl / n, nll / n
+    kl, nll, _, mask = kl_and_nll(logits_fn(model), lang, ids, batch_size=batch)
+    n = max(int(mask.sum()), 1)
+    return float(kl.sum()) / n, float(nll.sum()) / n

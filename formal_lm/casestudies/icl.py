@@ -160,29 +160,37 @@ def icl_batch(family: PDFAFamily, n: int, *, seed: int, start: int = 0) -> ICLBa
         >>> b.ids.shape[0], bool(np.allclose(b.oracle[b.ids[:, 1:] != 0].sum(-1), 1))
         (3, True)
     """
-    T, V, k = family.max_length, family.vocab.size, family.strings_per_sequence
-    ids = np.zeros((n, T), np.int32)
+    T, V = family.max_length, family.vocab.size
+    ids, autos, strs = _draw(family, n, seed, start)
     oracle = np.zeros((n, T - 1, V))
     sidx = np.zeros((n, T - 1), np.int64)
+    for j, (pdfa, strings) in enumerate(zip(autos, strs)):
+        L = int((ids[j] != PAD_ID).sum())
+        tab, which = oracle_table(family, pdfa, strings)
+        oracle[j, :L - 1] = tab[:L - 1]
+        sidx[j, :L - 1] = which[:L - 1]
+    return ICLBatch(ids, oracle, sidx, autos, strs)
+
+
+def _draw(family: PDFAFamily, n: int, seed: int, start: int):
+    """(ids int32 [n, T], automata, strings): sequence j from ``derive(seed, ICL, start+j)``."""
+    T, k = family.max_length, family.strings_per_sequence
+    ids = np.zeros((n, T), np.int32)
     autos, strs = [], []
     for j in range(n):
         s = derive(seed, _ICL_STREAM, start + j)
         pdfa = family.automaton(s)
         strings = pdfa.sample(k, seed=derive(s, _ICL_STREAM, 1))
         toks = sequence_tokens(family, strings)[:T]
-        tab, which = oracle_table(family, pdfa, strings)
-        L = len(toks)
-        ids[j, :L] = toks
-        oracle[j, :L - 1] = tab[:L - 1]
-        sidx[j, :L - 1] = which[:L - 1]
+        ids[j, :len(toks)] = toks
         autos.append(pdfa)
         strs.append(tuple(strings))
-    return ICLBatch(ids, oracle, sidx, tuple(autos), tuple(strs))
+    return ids, tuple(autos), tuple(strs)
 
 
 def icl_training_pool(family: PDFAFamily, n: int, *, seed: int) -> np.ndarray:
-    """int32 [n, T] training sequences (the oracle is not needed for training)."""
-    return icl_batch(family, n, seed=seed).ids
+    """int32 [n, T] training sequences: ``icl_batch(...).ids`` without building the oracle."""
+    return _draw(family, n, seed, 0)[0]
 
 
 # ----------------------------------------------------------------------------- n-gram baselines

@@ -411,3 +411,32 @@ def test_transformer_activation_is_configurable():
     assert gelu.shape == relu.shape and not jnp.allclose(gelu, relu)
     with pytest.raises(ValueError, match="activation='tanh'"):
         models.make("transformer", vocab_size=6, activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["lstm", "rnn"])
+def test_recurrent_logits_match_numpy_equations(name):
+    """The LSTM / Elman layers against the documented equations written out in numpy from the
+    module's own weights (gates i, f, g, o; forget bias +1), so a wrong gate order or scan would
+    fail here and not only in the step-vs-full comparison, which shares the update code."""
+    model = models.make(name, vocab_size=V, seed=3, d_model=4, hidden=5, n_layers=2)
+    ids = np.array([[1, 3, 4, 4, 5, 2], [1, 6, 3, 2, 0, 0]], np.int32)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    x = np.asarray(model.embed.embedding[...])[ids]  # [B, T, D]
+    for layer in model.layers:
+        W, b = np.asarray(layer.w_in.kernel[...]), np.asarray(layer.w_in.bias[...])
+        U = np.asarray(layer.w_rec.kernel[...])
+        h = np.zeros((len(ids), layer.hidden))
+        c = np.zeros_like(h)
+        ys = []
+        for t in range(ids.shape[1]):
+            pre = x[:, t] @ W + b + h @ U
+            if name == "lstm":
+                i, f, g, o = np.split(pre, 4, axis=-1)
+                c = sig(f + 1.0) * c + sig(i) * np.tanh(g)
+                h = sig(o) * np.tanh(c)
+            else:
+                h = np.tanh(pre)
+            ys.append(h)
+        x = np.stack(ys, axis=1)
+    want = x @ np.asarray(model.unembed.kernel[...]) + np.asarray(model.unembed.bias[...])
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), want, rtol=1e-4, atol=1e-5)

@@ -106,7 +106,6 @@ class _LRULayer(nnx.Module):
         self.norm = nnx.LayerNorm(d, rngs=rngs)
         self.glu = nnx.Linear(d, 2 * d, rngs=rngs)
         self.drop = _dropout(cfg.dropout, rngs)
-        self.d_state = n
 
     def _lambda(self):  # complex64 [N]
         mag = jnp.exp(-jnp.exp(self.nu_log[...]))

@@ -145,46 +145,52 @@ class _ElmanLayer(nnx.Module):
 # --------------------------------------------------------------------------- LMs
 
 
-def _build(lm: nnx.Module, cfg, layer_cls, rngs: nnx.Rngs) -> None:
-    lm.config = cfg
-    lm.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
-    dims = [cfg.d_model] + [cfg.hidden] * (cfg.n_layers - 1)
-    lm.layers = nnx.List([layer_cls(d, cfg.hidden, rngs) for d in dims])
-    lm.drop = _dropout(cfg.dropout, rngs)
-    lm.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
+class _RecurrentLM(nnx.Module):
+    """Embedding -> stacked recurrent layers (``_layer``) -> unembedding; shared by the LSTM and
+    the Elman RNN, which differ only in their layer."""
+
+    _layer: type
+
+    def __init__(self, config, *, rngs: nnx.Rngs):
+        cfg = self.config = config
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+        dims = [cfg.d_model] + [cfg.hidden] * (cfg.n_layers - 1)
+        self.layers = nnx.List([self._layer(d, cfg.hidden, rngs) for d in dims])
+        self.drop = _dropout(cfg.dropout, rngs)
+        self.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
+
+    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
+        """ids int32 [B, T] -> logits float32 [B, T, V]."""
+        rngs = _as_rngs(rngs)
+        x = self.drop(self.embed(ids), rngs=rngs)  # [B, T, D]
+        for layer in self.layers:
+            x = self.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
+        return self.unembed(x).astype(jnp.float32)  # [B, T, V]
+
+    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
+        """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
+        state = {"pos": jnp.zeros((), jnp.int32)}
+        carries = [layer.zero_carry(batch_size) for layer in self.layers]
+        for j, name in enumerate(self.layers[0].carry_names):
+            state[name] = jnp.stack([c[j] for c in carries])  # [L, B, N]
+        return state
+
+    def step(self, tokens, state, *, rngs=None):
+        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
+        rngs = _as_rngs(rngs)
+        names = self.layers[0].carry_names
+        x = self.drop(self.embed(tokens), rngs=rngs)  # [B, D]
+        new = {name: [] for name in names}
+        for i, layer in enumerate(self.layers):
+            y, carry = layer.cell(x, tuple(state[name][i] for name in names))
+            x = self.drop(y, rngs=rngs)  # [B, N]
+            for name, c in zip(names, carry):
+                new[name].append(c)
+        out = {"pos": state["pos"] + 1, **{name: jnp.stack(v) for name, v in new.items()}}
+        return self.unembed(x).astype(jnp.float32), out  # [B, V]
 
 
-def _forward(lm, ids, rngs):
-    rngs = _as_rngs(rngs)
-    x = lm.drop(lm.embed(ids), rngs=rngs)  # [B, T, D]
-    for layer in lm.layers:
-        x = lm.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
-    return lm.unembed(x).astype(jnp.float32)  # [B, T, V]
-
-
-def _init_state(lm, batch_size):
-    state = {"pos": jnp.zeros((), jnp.int32)}
-    carries = [layer.zero_carry(batch_size) for layer in lm.layers]
-    for j, name in enumerate(lm.layers[0].carry_names):
-        state[name] = jnp.stack([c[j] for c in carries])  # [L, B, N]
-    return state
-
-
-def _step(lm, tokens, state, rngs):
-    rngs = _as_rngs(rngs)
-    names = lm.layers[0].carry_names
-    x = lm.drop(lm.embed(tokens), rngs=rngs)  # [B, D]
-    new = {name: [] for name in names}
-    for i, layer in enumerate(lm.layers):
-        y, carry = layer.cell(x, tuple(state[name][i] for name in names))
-        x = lm.drop(y, rngs=rngs)  # [B, N]
-        for name, c in zip(names, carry):
-            new[name].append(c)
-    out = {"pos": state["pos"] + 1, **{name: jnp.stack(v) for name, v in new.items()}}
-    return lm.unembed(x).astype(jnp.float32), out  # [B, V]
-
-
-class LSTMLM(nnx.Module):
+class LSTMLM(_RecurrentLM):
     """Stacked-LSTM language model; build it with ``make("lstm", ...)``.
 
     ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
@@ -199,23 +205,10 @@ class LSTMLM(nnx.Module):
       (1, 3, 6)
     """
 
-    def __init__(self, config: LSTMConfig, *, rngs: nnx.Rngs):
-        _build(self, config, _LSTMLayer, rngs)
-
-    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-        """ids int32 [B, T] -> logits float32 [B, T, V]."""
-        return _forward(self, ids, rngs)
-
-    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
-        """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
-        return _init_state(self, batch_size)
-
-    def step(self, tokens, state, *, rngs=None):
-        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
-        return _step(self, tokens, state, rngs)
+    _layer = _LSTMLayer
 
 
-class RNNLM(nnx.Module):
+class RNNLM(_RecurrentLM):
     """Stacked Elman (tanh) RNN language model; build it with ``make("rnn", ...)``.
 
     ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
@@ -230,17 +223,4 @@ class RNNLM(nnx.Module):
       (1, 3, 6)
     """
 
-    def __init__(self, config: RNNConfig, *, rngs: nnx.Rngs):
-        _build(self, config, _ElmanLayer, rngs)
-
-    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-        """ids int32 [B, T] -> logits float32 [B, T, V]."""
-        return _forward(self, ids, rngs)
-
-    def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
-        """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
-        return _init_state(self, batch_size)
-
-    def step(self, tokens, state, *, rngs=None):
-        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
-        return _step(self, tokens, state, rngs)
+    _layer = _ElmanLayer

@@ -172,26 +172,8 @@ class CounterLanguage(Language):
         return -math.inf if state is None else self._log_mass(self._open_constraints(state))
 
     def next_token_table(self, s) -> np.ndarray:
-        """Vectorised over each run of equal symbols: inside a run only its length r changes,
-        and every entry is a closed form in r (see ``_run_rows``)."""
         s = self._s(s)
-        out = np.zeros((len(s) + 1, self.vocab.size))
-        state, t = self._start, 0
-        out[0] = self._row(state)
-        for sym, group in itertools.groupby(s):
-            R = len(list(group))
-            nxt = self._advance(state, sym)
-            if nxt is None or out[t].sum() == 0:
-                break
-            j, _, cons = nxt
-            rows = self._run_rows(j, cons, np.arange(1, R + 1))
-            out[t + 1: t + R + 1] = rows
-            dead = np.flatnonzero(rows.sum(1) == 0)
-            if len(dead):
-                out[t + 1 + dead[0]:] = 0.0
-                break
-            state, t = (j, R, cons), t + R
-        return out
+        return self.next_token_probs(self.vocab.batch([s], eos=False))[0]
 
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised across the batch: every run of every row is computed in one pass per block."""
@@ -251,10 +233,9 @@ class CounterLanguage(Language):
                         np.broadcast_to(np.asarray(hi, float), r.shape).copy()]
                     for v, (lo, hi) in zip(self.vars, cons)}
 
-        def meet(iv, var, lo, hi, ok):
+        def meet(iv, var, lo, hi):
             iv[var][0] = np.maximum(iv[var][0], lo)
             iv[var][1] = np.minimum(iv[var][1], hi)
-            return ok
 
         def mass(iv, ok):
             total = np.zeros(len(r))
@@ -267,14 +248,15 @@ class CounterLanguage(Language):
             iv, b = intervals(), blocks[j]
             if b.var is None:
                 return iv, count == b.coef
-            ok = count % b.coef == 0
-            return iv, meet(iv, b.var, count // b.coef, count // b.coef, ok)
+            meet(iv, b.var, count // b.coef, count // b.coef)
+            return iv, count % b.coef == 0
 
         def opened(count):
             iv, b = intervals(), blocks[j]
             if b.var is None:
                 return iv, count <= b.coef
-            return iv, meet(iv, b.var, -(-count // b.coef), np.inf, np.ones(len(r), bool))
+            meet(iv, b.var, -(-count // b.coef), np.inf)
+            return iv, np.ones(len(r), bool)
 
         lp = mass(*opened(r))
         rows = np.full((len(r), V), -np.inf)
@@ -289,13 +271,12 @@ class CounterLanguage(Language):
             if b.symbol not in seen:  # as in _advance, a symbol starts the first block it can
                 seen.add(b.symbol)
                 first = {v: [lo.copy(), hi.copy()] for v, (lo, hi) in iv.items()}
-                ok_first = ok if b.var is None else meet(first, b.var, 1, np.inf, ok)
-                rows[:, 3 + self.alphabet.index(b.symbol)] = mass(first, ok_first)
+                if b.var is not None:
+                    meet(first, b.var, 1, np.inf)
+                rows[:, 3 + self.alphabet.index(b.symbol)] = mass(first, ok)
             if b.var is None:  # a fixed block cannot be empty: nothing after it is reachable
-                ok = np.zeros(len(r), bool)
-                rows[:, EOS_ID] = -np.inf
-                break
-            ok = meet(iv, b.var, 0, 0, ok)  # block k empty
+                break  # (EOS stays -inf)
+            meet(iv, b.var, 0, 0)  # block k empty
         with np.errstate(invalid="ignore"):
             out = np.exp(rows - lp[:, None])
         out[~np.isfinite(lp)] = 0.0

@@ -240,6 +240,7 @@ def _build(doc: dict, src: _Source) -> Language:
         return lang
 
     if kind == "counter":
+        before = len(problems)  # a bad block or prior stops here, with every problem gathered
         blocks = []
         if _expect(problems, src, doc["blocks"], list, "blocks", what="a list of [symbol, count]"):
             for i, b in enumerate(doc["blocks"]):
@@ -256,7 +257,7 @@ def _build(doc: dict, src: _Source) -> Language:
                 p = _prior(spec, src, ("prior", v), problems)
                 if p is not None:
                     priors[v] = p
-        if len(priors) < len(doc["prior"]) or len(blocks) < len(doc["blocks"]):
+        if len(problems) > before:
             raise GrammarError(problems)
         return build(CounterLanguage, name, blocks, priors, rules=rules,
                      alphabet=tuple(doc["alphabet"]), description=description, _key="blocks")

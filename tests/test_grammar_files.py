@@ -35,6 +35,18 @@ def test_a_valid_file_loads():
     assert lang.prob("ab") == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("old,new,needle", [
+    ('blocks = [["a", "n"], ["b", "n"]]', "blocks = 5", "blocks=5 should be a list"),
+    ('[prior.n]\n    kind = "uniform"\n    min = 1\n    max = 4', "prior = 3",
+     "prior=3 should be tables"),
+])
+def test_wrong_type_for_blocks_or_prior_is_a_grammar_error(old, new, needle):
+    """A scalar where a list or table belongs is reported with its place, not a TypeError."""
+    assert old in COUNTER
+    _, msg = problems_of(COUNTER.replace(old, new))
+    assert needle in msg and "g.toml:" in msg
+
+
 def test_malformed_syntax_has_line_and_column():
     _, msg = problems_of('name = "x"\nkind = "counter"\nalphabet = ["a" "b"]\n')
     assert "g.toml:3:" in msg and "malformed TOML" in msg

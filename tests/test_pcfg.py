@@ -162,6 +162,32 @@ def naive_tables(g: PCFG, K: int, tol=1e-15, max_iter=5000):
     return p, prefix
 
 
+def derivation_weights(g: PCFG, w) -> list[float]:
+    """The weights of every leftmost derivation of ``w``, by brute-force search over the
+    original productions (no CNF). Assumes no unary cycles; the pruning is sound without epsilon
+    rules (true of the shipped grammars), and a missed derivation would show as a sum < p(w)."""
+    out = []
+
+    def expand(stack, pos, weight):  # stack: symbols still to derive, leftmost first
+        if not stack:
+            if pos == len(w):
+                out.append(weight)
+            return
+        if len(stack) > 2 * (len(w) - pos) + 2:  # far more symbols than input left: prune
+            return
+        head, rest = stack[0], stack[1:]
+        if head not in g.nonterminals:
+            if pos < len(w) and w[pos] == head:
+                expand(rest, pos + 1, weight)
+            return
+        for lhs, rhs, p in g.productions:
+            if lhs == head:
+                expand(tuple(rhs) + rest, pos, weight * p)
+
+    expand((g.start,), 0, 1.0)
+    return out
+
+
 def close(a, b, rel=1e-9, abs_=1e-12):
     return abs(a - b) <= abs_ + rel * max(abs(a), abs(b))
 
@@ -464,6 +490,10 @@ def test_shipped_grammars(name, ambiguous):
     if ambiguous:  # the witness really has two derivations: its derivational weight exceeds p(s)
         w = g.ambiguity_witness
         assert g.accepts(w)
+        weights = derivation_weights(g, w)
+        assert len(weights) >= 2
+        assert close(sum(weights), g.prob(w), rel=1e-9)  # p(s) sums every derivation's weight
+        assert sum(weights) > max(weights)
     w = max(g.sample(200, seed=0), key=len)
     table = g.next_token_table(w)
     assert np.allclose(table.sum(1), 1.0)

@@ -16,7 +16,7 @@ Shapes: "paper" is the ICML 2024 a^n b^n Transformer (d=10, 5 heads, d_ff 1024, 
 2 layers, 64 tokens, batch 32).
 
 Batches are a^n b^n strings with n uniform in 1..(T-2)/2, padded to T (about half of each
-padded batch is PAD, as in the paper's training data); the engine packs them (data.pack), so
+padded batch is PAD, as in the paper's training data); the engine packs them (data.pack_classes), so
 only real tokens do work. GFLOP/s counts the FLOPs of the padded [B, T] step with full
 T x T attention (``padded_flops``: 25.7 GFLOP per seed-step at the paper shape), i.e. the work
 the PyTorch reference does per step, so it is comparable across versions; the packed step

@@ -342,6 +342,19 @@ def test_one_seed_alone_matches_the_batch(run3, tmp_path):
             np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
 
 
+def test_loss_per_seq_uses_this_configs_batch_size(tmp_path):
+    """Two configs that differ only in batch size, trained in one process: each one's
+    loss_per_seq is its loss sum over its own batch size (one step, so exactly
+    loss * real targets / B)."""
+    for B in (8, 4):
+        cfg = tiny_config(seeds=(0,), steps=1, eval_every=1, batch_size=B, lr=0.0321)
+        train(cfg, tmp_path / str(B), progress=False)
+        m, = metrics(tmp_path / str(B))
+        strings = tdata.Source(cfg.language, cfg.data, 0, B).strings(0)
+        n_targets = sum(len(x) + 1 for x in strings)  # symbols and EOS
+        assert m["loss_per_seq"] == pytest.approx(m["loss"] * n_targets / B, rel=1e-5)
+
+
 def test_same_seed_same_metrics_file(run3, tmp_path):
     _, d = run3
     train(tiny_config(), tmp_path, progress=False)
@@ -439,7 +452,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         a = ckpt.read(run / "checkpoints" / f"{which}.msgpack")[1]["params"]
         b = ckpt.read(tmp_path / "ref" / "checkpoints" / f"{which}.msgpack")[1]["params"]
         for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(a[k], b[k])  # bit for bit, as the README says
     assert res.final == ref.final
 
 

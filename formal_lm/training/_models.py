@@ -2,8 +2,6 @@
 its config errors into ``FormalLMError``."""
 from __future__ import annotations
 
-import dataclasses
-
 from flax import nnx
 
 from formal_lm import models
@@ -17,13 +15,6 @@ def config_class(name: str) -> type:
 def make_model(name: str, *, vocab_size: int, seed: int, config: dict) -> nnx.Module:
     """A freshly initialised model (eval mode) whose init depends only on ``seed``."""
     try:
-        model = models.make(name, vocab_size=vocab_size, seed=seed, **config)
+        return models.make(name, vocab_size=vocab_size, seed=seed, **config)
     except ValueError as e:
         raise FormalLMError(Problem(f"model {name!r}: {e}", "fix the [model] table")) from None
-    model.eval()
-    return model
-
-
-def config_dict(model: nnx.Module) -> dict:
-    cfg = getattr(model, "config", None)
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}

@@ -11,7 +11,6 @@ DROPOUT, OOD (objective prompts).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -67,6 +66,7 @@ class Source:
         if cfg.lo is not None:
             self.lengths, self.length_p = _length_probs(lang, cfg.lo, cfg.hi)
         self.dataset = self._fixed_dataset() if cfg.mode == "fixed" else None
+        self._perm_epoch, self._perm_cache = None, None
 
     # -- drawing ----------------------------------------------------------------------------
     def _fresh(self, n: int, key: tuple) -> list:
@@ -106,10 +106,12 @@ class Source:
             return out
         return self._fresh(cfg.dataset_size, (-1,))
 
-    @functools.lru_cache(maxsize=4)
     def _perm(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng(derive(self.seed, self.stream, -2, epoch))
-        return rng.permutation(len(self.dataset))
+        """This epoch's order of the fixed dataset (kept for the current epoch only)."""
+        if self._perm_epoch != epoch:
+            rng = np.random.default_rng(derive(self.seed, self.stream, -2, epoch))
+            self._perm_epoch, self._perm_cache = epoch, rng.permutation(len(self.dataset))
+        return self._perm_cache
 
     def strings(self, step: int) -> list:
         """The training strings of optimizer step ``step`` (0-based)."""
@@ -164,32 +166,7 @@ def pack(ids: np.ndarray) -> dict[str, np.ndarray]:
 
     The sum of the per-target NLL over ``tgt != PAD`` equals the one of the unpacked batch.
     """
-    ids = np.asarray(ids)
-    B, T = ids.shape
-    from formal_lm.vocab import PAD_ID
-    n = (ids != PAD_ID).sum(axis=1) - 1  # inputs per sequence
-    order = np.argsort(-n, kind="stable")
-    free = np.full(B, T - 1)
-    used = np.zeros(B, np.int64)
-    inp = np.zeros((B, T - 1), np.int32)
-    tgt = np.zeros((B, T - 1), np.int32)
-    pos = np.zeros((B, T - 1), np.int32)
-    seg = np.zeros((B, T - 1), np.int32)
-    rows = 0
-    for b in order:
-        m = int(n[b])
-        if m <= 0:
-            continue
-        r = int(np.argmax(free >= m))  # first row with room (row rows is always empty)
-        o = T - 1 - free[r]
-        inp[r, o:o + m] = ids[b, :m]
-        tgt[r, o:o + m] = ids[b, 1:m + 1]
-        pos[r, o:o + m] = np.arange(m)
-        used[r] += 1
-        seg[r, o:o + m] = used[r]
-        free[r] -= m
-        rows = max(rows, r + 1)
-    return {"inp": inp, "tgt": tgt, "pos": pos, "seg": seg, "rows": np.int32(rows)}
+    return pack_classes(ids, 1)[0]
 
 
 def row_lengths(T: int, classes: int) -> tuple[int, ...]:

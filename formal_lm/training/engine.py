@@ -109,11 +109,7 @@ def resolve_language(config: TrainConfig):
     if not isinstance(config.language, str):
         return config.language
     import formal_lm
-    load = getattr(formal_lm, "load", None)
-    if load is None:
-        raise FormalLMError(Problem(f"language={config.language!r} needs formal_lm.load, which is "
-                                    "not available", "pass a Language object as config.language"))
-    return load(config.language)
+    return formal_lm.load(config.language)
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:
@@ -171,7 +167,8 @@ def _signature(config: TrainConfig, vocab_size: int) -> str:
     d = config.to_dict()
     return json.dumps({"vocab_size": vocab_size, "model": d["model"], "optimizer": d["optimizer"],
                        "steps": config.steps if config.schedule != "constant" else None,
-                       "objective": d["objective"]}, sort_keys=True)
+                       "objective": d["objective"], "batch_size": config.batch_size},
+                      sort_keys=True)
 
 
 class _Programs:
@@ -198,6 +195,12 @@ class _Programs:
 
         weight = float(config.objective.weight)
 
+        def ood_nll(model, ood, rngs=None):
+            """Completion-only NLL per supervised token of the OOD prompts ``ood`` = (ids, mask)."""
+            o_ids, o_mask = ood
+            c = token_nll(model(o_ids[:, :-1], rngs=rngs), o_ids[:, 1:]) * o_mask
+            return jnp.sum(c) / jnp.maximum(jnp.sum(o_mask), 1.0)
+
         def loss_fn(params, rest, ids, ood, key):
             model = nnx.merge(gd_train, params, rest, copy=True)
             k1, k2 = jax.random.split(key)
@@ -205,9 +208,7 @@ class _Programs:
             aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": s / ids.shape[0]}
             total = aux["loss"]
             if ood is not None:
-                o_ids, o_mask = ood
-                c = token_nll(model(o_ids[:, :-1], rngs=k2), o_ids[:, 1:]) * o_mask
-                aux["ood_loss"] = jnp.sum(c) / jnp.maximum(jnp.sum(o_mask), 1.0)
+                aux["ood_loss"] = ood_nll(model, ood, k2)
                 total = total + weight * aux["ood_loss"]
             return total, aux
 
@@ -227,9 +228,7 @@ class _Programs:
             out = {"val_loss": s / n, "val_loss_per_seq": s / ids.shape[0],
                    "kl": kl_sum(p_true, logits) / n}
             if ood is not None:
-                o_ids, o_mask = ood
-                c = token_nll(model(o_ids[:, :-1]), o_ids[:, 1:]) * o_mask
-                out["ood_heldout_loss"] = jnp.sum(c) / jnp.sum(o_mask)
+                out["ood_heldout_loss"] = ood_nll(model, ood)
             return out
 
         def packed_grads(params, rest, batch, key, chunk):
@@ -286,14 +285,8 @@ class _Programs:
             grads = jax.tree.map(lambda x: x / n, g)
             aux = {"loss": s / n, "loss_per_seq": s / batch_size}
             if ood is not None:
-                o_ids, o_mask = ood
-
-                def ood_loss(p):
-                    model = nnx.merge(gd_train, p, rest, copy=True)
-                    c = token_nll(model(o_ids[:, :-1], rngs=k2), o_ids[:, 1:]) * o_mask
-                    return jnp.sum(c) / jnp.maximum(jnp.sum(o_mask), 1.0)
-
-                aux["ood_loss"], g_ood = jax.value_and_grad(ood_loss)(params)
+                aux["ood_loss"], g_ood = jax.value_and_grad(
+                    lambda p: ood_nll(nnx.merge(gd_train, p, rest, copy=True), ood, k2))(params)
                 grads = jax.tree.map(lambda a, b: a + weight * b, grads, g_ood)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
@@ -327,7 +320,8 @@ class _Programs:
         shards' loss and gradient sums are added with ``psum`` before the update). Every device
         runs its own loops, with no collective inside them.
         """
-        if mesh not in self._steps:
+        key = (mesh, _one_at_a_time(), MICRO_ROWS)  # read while tracing: part of the key
+        if key not in self._steps:
             rows = mesh.shape.get("rows", 1) if mesh is not None else 1
             fn = functools.partial(self._local, rows_axis="rows" if rows > 1 else None)
             if mesh is not None:
@@ -337,8 +331,8 @@ class _Programs:
                 fn = jax.shard_map(fn, mesh=mesh, out_specs=seeds, check_vma=False,
                                    in_specs=(seeds, seeds, seeds, seeds, batch, seeds, seeds, P()))
             donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
-            self._steps[mesh] = jax.jit(fn, donate_argnums=donate)
-        return self._steps[mesh]
+            self._steps[key] = jax.jit(fn, donate_argnums=donate)
+        return self._steps[key]
 
 
 def _over_seeds(f, one_at_a_time: bool, params, opt_state, acc, rest, batch, ood, key, t):
@@ -379,11 +373,6 @@ class Engine:
         if mesh is not None:
             self.params, self.opt_state, self.rest, self.keys = self.shard(
                 (self.params, self.opt_state, self.rest, self.keys))
-
-    def build(self, model_seed) -> nnx.Module:
-        c = self.config
-        return make_model(c.model, vocab_size=self.vocab_size, seed=model_seed,
-                          config=c.model_config)
 
     def shard(self, tree, spec=("seeds",)):
         """Puts arrays with a leading seeds axis onto the mesh (no-op without one)."""
@@ -553,8 +542,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
         acc = eng.shard(ckpt.unflatten(acc, trees["acc"]))
         best_params = jax.tree.map(np.array, ckpt.unflatten(best_params, trees["best_params"]))
         lines = _read_metrics(metrics_path, step)
-    elif resume:
-        lines = []
     metrics_path.write_text("".join(line + "\n" for line in lines))
     final: list[dict | None] = [None] * K
     for line in lines[-K:]:
@@ -596,13 +583,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
             if step % config.eval_every == 0 or step == config.steps:
                 ev = jax.device_get(eng.eval_fn(eng.params, eng.rest, *val_args, ood_eval))
                 tr = jax.device_get(acc)
+                lr = float(lr_at(step - 1))
                 improved = []
                 for k, s in enumerate(seeds):
                     obj = {"step": step, "seed": s}
                     obj.update({n: float(tr[n][k] / since_eval) for n in eng.acc_names})
                     obj.update({n: float(v[k]) for n, v in ev.items()})
                     obj["optimal_loss"] = floor
-                    obj["lr"] = float(lr_at(step - 1))
+                    obj["lr"] = lr
                     if obj["kl"] < -KL_TOLERANCE:
                         raise AssertionError(f"negative KL {obj['kl']} for seed {s} at {step}")
                     mf.write(json.dumps(obj) + "\n")

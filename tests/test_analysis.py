@@ -305,6 +305,11 @@ def test_incremental_decoding_matches_full_recompute(anbn, name):
         if decoding == "greedy":
             assert inc == full
         assert len(inc.completions) == 5
+        # sampling too: one uniform per (prompt, new token), whatever the path and batch size
+        assert inc.completions == full.completions and inc.finished == full.finished
+    one = complete(model, anbn, prompts, max_new_tokens=12, decoding="sample", seed=1,
+                   batch_size=1)
+    assert one.completions == inc.completions
 
 
 def test_bad_decoding_is_rejected(anbn):

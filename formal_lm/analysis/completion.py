@@ -98,7 +98,8 @@ def complete(model_fn: ModelFn, lang, prompts: Sequence, *, max_new_tokens: int,
         prompts: strings (tuples of symbols, or ``str`` for one-character alphabets).
         max_new_tokens: generation budget per prompt (EOS counts as a token).
         decoding: "greedy" (argmax) or "sample" (softmax over the vocabulary at ``temperature``).
-        seed: seed of the sampler (one NumPy generator for the whole call).
+        seed: seed of the sampler: one uniform per (prompt, new token), so the same seed gives the
+            same samples on either decoding path and at any batch size.
         batch_size: rows per model call.
         jit: True to require jitting, False to never jit (and never step incrementally), None to
             try and fall back.
@@ -127,17 +128,19 @@ def complete(model_fn: ModelFn, lang, prompts: Sequence, *, max_new_tokens: int,
     ids[:, 0] = BOS_ID
     for b, p in enumerate(prompts):
         ids[b, 1: 1 + len(p)] = [vocab.id(x) for x in p]
-    rng = np.random.default_rng(seed)
+    # one uniform per (row, new token), drawn up front: a row's samples do not depend on the
+    # batching or on which decoding path runs
+    uniforms = np.random.default_rng(seed).random((N, max_new_tokens))
     allowed = emittable_mask(vocab.size)
     bs = min(batch_size, N)
 
-    def choose(logits):  # [n, V] -> token ids [n], over the VOCABULARY axis
+    def choose(logits, rows, j):  # [n, V] -> token ids [n] of rows' j-th new token (over V)
         logits = np.where(allowed, np.asarray(logits, np.float64), -np.inf)
         if decoding == "greedy":
             return np.argmax(logits, axis=-1)
         probs = np.exp(log_softmax(logits / temperature, axis=-1))
         cdf = np.cumsum(probs, axis=-1)
-        u = rng.random(len(logits)) * cdf[:, -1]
+        u = uniforms[rows, j] * cdf[:, -1]
         tok = np.minimum((cdf <= u[:, None]).sum(-1), vocab.size - 1)
         return np.where(allowed[tok], tok, EOS_ID)  # float round-off cannot pick PAD/BOS
 
@@ -155,7 +158,7 @@ def complete(model_fn: ModelFn, lang, prompts: Sequence, *, max_new_tokens: int,
                 logits, state = model_fn.step(chunk[:, t], state)
             active = np.ones(len(rows), bool)
             for t in range(L + 1, W):
-                tok = choose(np.asarray(logits)[: len(rows)])
+                tok = choose(np.asarray(logits)[: len(rows)], rows, t - (L + 1))
                 tok = np.where(active, tok, PAD_ID)
                 ids[rows, t] = tok
                 done = active & (tok == EOS_ID)
@@ -179,7 +182,7 @@ def _decode_full(model_fn, jit, ids, lengths, finished, choose, bs, W, max_new_t
     pos = lengths.copy()  # index of each row's last token
     active = np.ones(N, bool)
     stepper = _Stepper(model_fn, jit)
-    for _ in range(max_new_tokens):
+    for j in range(max_new_tokens):
         if not active.any():
             break
         need = int(pos[active].max()) + 1
@@ -199,7 +202,7 @@ def _decode_full(model_fn, jit, ids, lengths, finished, choose, bs, W, max_new_t
                 V = out.shape[-1]
                 nxt = np.zeros((N, V))
             nxt[rows] = out
-        tok = choose(nxt)
+        tok = choose(nxt, np.arange(N), j)
         rows = np.flatnonzero(active)
         ids[rows, pos[rows] + 1] = tok[rows]
         pos[rows] += 1

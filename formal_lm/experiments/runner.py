@@ -80,13 +80,8 @@ def _re_options(ex: Experiment) -> dict:
 
 
 def _scores_dict(sc) -> dict:
-    d = {"headline": sc.headline, "headline_rule": sc.headline_rule,
-         "headline_finished": sc.headline_finished, "finish_rate": sc.finish_rate,
-         "id_accuracy": sc.id_accuracy, "id_finish_rate": sc.id_finish_rate,
-         "classes": [{"broken": list(c.broken), "n_prompts": c.n_prompts,
-                      "finish_rate": c.finish_rate, "rule_accuracy": c.rule_accuracy,
-                      "rule_accuracy_finished": c.rule_accuracy_finished} for c in sc.classes]}
-    return _jsonable(d)
+    """A score object as JSON: every field but ``name`` (``_jsonable`` drops completions)."""
+    return {k: v for k, v in _jsonable(sc).items() if k != "name"}
 
 
 def baselines(lang, ex: Experiment, split) -> dict:
@@ -167,13 +162,6 @@ def analyze_seed(model_fn, lang, ex: Experiment, objective: str, split, train_ma
     return rec, detail
 
 
-def _train_max_length(lang, train: dict) -> int:
-    data = train.get("data", {})
-    if "hi" in data:
-        return int(data["hi"])
-    return int(data.get("max_length", 64)) - 2
-
-
 def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
                    progress: bool = True) -> dict:
     """Trains, analyses and reports every cell of an experiment file.
@@ -208,10 +196,10 @@ def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
                                    if ex.checkpoint == "best" else "per seed, the last checkpoint"),
                "eval_seed": ex.eval_seed, "published": ex.published, "cells": [],
                "baselines": {}, "non_identifiability": {}, "timing": {}}
-    langs = {}
+    langs, splits = {}, {}
     for lang_name in ex.languages:
         lang = langs[lang_name] = formal_lm.load(lang_name)
-        split = _ood_split(lang, ex)
+        split = splits[lang_name] = _ood_split(lang, ex)
         if "rule_extrapolation" in ex.analysis and lang.rules:
             results["baselines"][lang_name] = baselines(lang, ex, split)
         results.setdefault("ood_split", {})[lang_name] = (
@@ -232,13 +220,14 @@ def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
         t0 = time.perf_counter()
         models = load_models(run_dir, which=ex.checkpoint)
         selected = res.best if ex.checkpoint == "best" else res.final
-        split = _ood_split(lang, ex) if lang.rules else None
+        split = splits[lang_name] if lang.rules else None
         if split is not None and cfg.objective.name in COMPLETION_OBJECTIVES:
             exported = json.loads((run_dir / "ood_split.json").read_text())
             assert exported["heldout"] == ["".join(p) for p in split["heldout"]], \
                 "the trainer's exported held-out split differs from the analysed one"
         seeds = []
-        tml = _train_max_length(lang, ex.train)
+        # the longest training string of this cell (longer ones count as out of distribution)
+        tml = cfg.data.hi if cfg.data.hi is not None else cfg.data.max_length - 2
         for k, seed in enumerate(res.seeds):
             _log(progress, f"analyse {name} seed {seed}")
             rec, detail = analyze_seed(JaxModel(models[k]), lang, ex, cfg.objective.name, split,

@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
+from formal_lm.analysis._common import log_softmax
+from formal_lm.analysis.saturation import token_kl
 from formal_lm.errors import Problem
 from formal_lm.testing._strategies import ood_prompts, strings as strings_strategy
 from formal_lm.testing._validation import check, rule_problems
@@ -24,13 +26,6 @@ from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID
 ModelFn = Callable[[np.ndarray], "np.ndarray"]
 WIDTH_BUCKET = 16  # sequences are right-padded to a multiple of this: one jit shape per bucket
 DECODINGS = ("greedy", "sample")
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    z = x - m
-    return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
 
 
 def _logits(model_fn: ModelFn, ids: Sequence[int]) -> np.ndarray:
@@ -72,7 +67,7 @@ def greedy_complete(model_fn: ModelFn, lang, prompt, *, max_new_tokens: int,
         if decoding == "greedy":
             tok = int(np.argmax(logits))
         else:
-            p = np.exp(_log_softmax(logits))
+            p = np.exp(log_softmax(logits))
             tok = int(rng.choice(len(p), p=p / p.sum()))
         if tok == EOS_ID:
             return tuple(new), True
@@ -186,7 +181,7 @@ class _Position:
 def _model_probs(model_fn, lang, s) -> np.ndarray:
     """Model next-token probabilities [len(s) + 1, V] after each prefix of s (softmax)."""
     ids = lang.vocab.encode(s).tolist()  # [BOS, s..., EOS]
-    return np.exp(_log_softmax(_logits(model_fn, ids)[: len(s) + 1]))
+    return np.exp(log_softmax(_logits(model_fn, ids)[: len(s) + 1]))
 
 
 def _tokens(lang, mask) -> list[str]:
@@ -281,10 +276,9 @@ def assert_close_to_language(model_fn: ModelFn, lang, *, max_kl: float = 0.05,
         s = tuple(s)
         exact = lang.next_token_table(s)  # [len(s) + 1, V]
         ids = lang.vocab.encode(s).tolist()
-        logq = _log_softmax(_logits(model_fn, ids)[: len(s) + 1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(exact > 0, exact * (np.log(np.where(exact > 0, exact, 1)) - logq), 0)
-        kl = terms.sum(-1)  # [len(s) + 1]
+        logq = log_softmax(_logits(model_fn, ids)[: len(s) + 1])
+        with np.errstate(divide="ignore", invalid="ignore"):  # -inf log-probs give +inf KL
+            kl = token_kl(exact, logq)  # [len(s) + 1]
         for t in range(len(s) + 1):
             if kl[t] > max_kl:
                 fmt = lambda row: "{" + ", ".join(  # noqa: E731

@@ -85,7 +85,7 @@ def cmd_train(args) -> None:
     use_cpu_devices(args.cpu_devices)
     from formal_lm.training import load_config, train
     cfg = load_config(args.config)
-    result = train(cfg, args.out, resume=args.resume)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     import jax
     print(f"{result.step} steps in {result.wall_time:.1f} s on {jax.local_device_count()} "
           f"{jax.default_backend()} device(s); exact optimal loss "
@@ -126,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a training config (TOML)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--cpu-devices", type=int, metavar="N", help=CPU_DEVICES_HELP)
     t.set_defaults(fn=cmd_train)
     r = sub.add_parser("run", help="run an experiment end to end and write a report")

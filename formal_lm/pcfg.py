@@ -574,18 +574,19 @@ class PCFG(Language):
         for k, (_, rhs, _) in enumerate(prods):
             for x in rhs:
                 first_use.setdefault(x, locs.get(k))
-        for t in terminals:
-            for pr in check_symbols([t]):
-                problems.append(dataclasses.replace(pr, location=first_use.get(t)))
-        if alphabet is not None:
+        if alphabet is None:  # the terminals are the alphabet: check each where it is first used
+            for t in terminals:
+                for pr in check_symbols([t]):
+                    problems.append(dataclasses.replace(pr, location=first_use.get(t)))
+            alphabet = terminals
+        else:  # check the alphabet once; terminals must be in it
             alphabet = tuple(alphabet)
-            problems += [pr for pr in check_symbols(alphabet) if alphabet]
+            if alphabet:
+                problems += check_symbols(alphabet)
             for t in terminals:
                 if t not in alphabet:
                     problems.append(Problem(f"terminal={t!r} is not in alphabet={alphabet}",
                                             "add it to the alphabet", first_use.get(t)))
-        else:
-            alphabet = terminals
         if not alphabet:
             problems.append(Problem(
                 "the grammar has no terminals, so alphabet=() is empty (its only string is the "

@@ -473,6 +473,10 @@ def test_constructor_problems():
         PCFG([("S", (), 1.0)], start="S")
     g = PCFG([("S", (), 1.0)], start="S", alphabet=("a",))
     assert g.prob("") == 1.0 and g.next_token_table("")[0, EOS_ID] == 1.0
+    # a reserved terminal that is also in the given alphabet is reported once, not twice
+    with pytest.raises(GrammarError) as info:
+        PCFG([("S", ("EOS",), 1.0)], start="S", alphabet=("EOS",))
+    assert sum("reserved" in p.message for p in info.value.problems) == 1
 
 
 # ----- shipped grammar files ----------------------------------------------------------------------

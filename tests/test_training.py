@@ -473,3 +473,30 @@ def test_public_names_have_docstrings():
     import formal_lm.training as t
     for name in t.__all__:
         assert getattr(t, name).__doc__, name
+
+
+def test_python_m_training_is_formal_lm_train(tmp_path, capsys):
+    """``python -m formal_lm.training CONFIG RUN_DIR`` runs ``formal-lm train`` (one CLI)."""
+    from formal_lm.training.__main__ import main
+
+    cfg = write(tmp_path, """
+        language = "anbn-short"
+        seeds = 1
+        steps = 2
+        batch_size = 4
+        eval_every = 2
+        [model]
+        name = "transformer"
+        d_model = 8
+        n_heads = 2
+        d_ff = 16
+        n_layers = 1
+        [data]
+        max_length = 36
+        bucket = 36
+        eval_size = 8
+        """)
+    assert main([str(cfg), str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "2 steps in" in capsys.readouterr().out
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [2]
+    assert main([str(cfg)]) == 2  # no RUN_DIR: usage, not a traceback

@@ -1,31 +1,19 @@
-"""``python -m formal_lm.training CONFIG.toml RUN_DIR [--resume] [--no-progress]``."""
+"""``python -m formal_lm.training CONFIG.toml RUN_DIR [...]``: the same as
+``formal-lm train CONFIG.toml --out RUN_DIR [...]`` (one command line for training)."""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from formal_lm.errors import FormalLMError
-from formal_lm.training import load_config, train
+from formal_lm.cli import main as cli_main
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m formal_lm.training", description=__doc__)
-    ap.add_argument("config", help="TOML training config")
-    ap.add_argument("run_dir", help="output directory")
-    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = ap.parse_args(argv)
-    try:
-        res = train(load_config(args.config), args.run_dir, resume=args.resume,
-                    progress=not args.no_progress)
-    except FormalLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) < 2 or argv[0].startswith("-") or argv[1].startswith("-"):
+        print("usage: python -m formal_lm.training CONFIG.toml RUN_DIR [--resume] "
+              "[--no-progress] [--cpu-devices N]", file=sys.stderr)
         return 2
-    for line in res.final:
-        print(json.dumps(line))
-    print(f"{res.step} steps in {res.wall_time:.1f}s; optimal loss {res.optimal_loss:.5f}")
-    return 0
+    return cli_main(["train", argv[0], "--out", argv[1], *argv[2:]])
 
 
 if __name__ == "__main__":

@@ -93,10 +93,13 @@ def run_process(config, run_dir: str | Path, *, coordinator: str, num_processes:
         out = {"seeds": list(config.seeds), "step": res.step,
                "final": [final[s] for s in config.seeds]}
         lines = []
-        for i in range(num_processes):
+        for i in range(num_processes):  # RUN_DIR is on a shared filesystem: merge the histories
             path = run_dir / f"process-{i}" / "metrics.jsonl"
-            if path.exists():  # shared filesystem: merge the full histories too
-                lines += [json.loads(x) for x in path.read_text().splitlines()]
+            if not path.exists():
+                raise FormalLMError(Problem(
+                    f"{path} is missing, so the merged metrics.jsonl would lack process {i}'s "
+                    "seeds", "put RUN_DIR on a filesystem that every process shares"))
+            lines += [json.loads(x) for x in path.read_text().splitlines()]
         lines.sort(key=lambda m: (m["step"], config.seeds.index(m["seed"])))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
         (run_dir / "result.json").write_text(json.dumps(out, indent=1))

@@ -468,3 +468,20 @@ def test_exact_model_on_shipped_grammars():
         assert s.saturated, (name, s)
         r = next_symbol_sets(exact_model_fn(lang), lang, strings, threshold=1e-4)
         assert r.in_distribution.per_string == 1.0, name
+
+
+def test_length_bins_kl_of_a_uniform_model_in_closed_form(anbn):
+    """A model with equal logits over V tokens has KL(p || uniform) = ln V - H(p) at every
+    position; the per-string sums behind the length and depth bins must equal that, with H
+    from the per-prefix Language.next_token_dist (not the batched table they use)."""
+    from formal_lm.analysis.length import _bin, _per_string
+
+    V = anbn.vocab.size
+    strings = anbn.sample(6, seed=3)
+    rows = _per_string(lambda ids: np.zeros(ids.shape + (V,)), anbn, strings, 0.01, 4)
+    for s, row in zip(strings, rows):
+        want = sum(np.log(V) + sum(p * np.log(p) for p in anbn.next_token_dist(s[:t]).values()
+                                   if p > 0) for t in range(len(s) + 1))
+        assert row[0] == pytest.approx(want, rel=1e-9) and row[1] == len(s) + 1
+    kl, _, _ = _bin(rows)
+    assert kl == pytest.approx(rows[:, 0].sum() / sum(len(s) + 1 for s in strings))

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formal_lm.analysis._common import ModelFn
-from formal_lm.analysis.next_symbol import set_correct
-from formal_lm.analysis.saturation import kl_and_nll
+from formal_lm.analysis._common import ModelFn, call_model
+from formal_lm.analysis.next_symbol import set_terms
+from formal_lm.analysis.saturation import kl_terms
 from formal_lm.rules import Balanced
 
 
@@ -60,23 +60,29 @@ def _default_bins(train_max_length: int, lengths: Sequence[int]) -> list[tuple[i
     return [(lo, h) for lo, h in bins if lo <= h]
 
 
-def _score(model_fn, lang, strings, threshold, batch_size):
-    kl_sum = n_tok = 0.0
-    pos_ok = pos_n = 0
-    str_ok = []
-    strings = sorted(strings, key=len)
+def _per_string(model_fn, lang, strings, threshold, batch_size) -> np.ndarray:
+    """float [N, 5] per string: KL sum, real targets, correct sets, scored positions, all sets
+    correct (0/1). One model call and one exact table per batch; bins add rows up."""
+    out = np.zeros((len(strings), 5))
+    order = np.argsort([len(s) for s in strings], kind="stable")  # similar lengths share a batch
     for i in range(0, len(strings), batch_size):
-        ids = lang.vocab.batch(strings[i: i + batch_size])
-        kl, _, _, mask = kl_and_nll(model_fn, lang, ids, batch_size=batch_size)
-        c, s = set_correct(model_fn, lang, ids, threshold, batch_size=batch_size)
-        kl_sum += kl.sum()
-        n_tok += mask.sum()
-        pos_ok += c.sum()
-        pos_n += s.sum()
-        str_ok.extend(np.all(c | ~s, axis=1).tolist())
+        idx = order[i: i + batch_size]
+        ids = lang.vocab.batch([strings[j] for j in idx])
+        logits = call_model(model_fn, ids, batch_size=batch_size)
+        p = lang.next_token_probs(ids)
+        kl, _, _, mask = kl_terms(logits, p, ids)
+        c, sc = set_terms(logits, p, ids, threshold)
+        out[idx] = np.stack([kl.sum(1), mask.sum(1), c.sum(1), sc.sum(1),
+                             np.all(c | ~sc, axis=1)], axis=1)
+    return out
+
+
+def _bin(rows: np.ndarray):
+    """(KL per token, set accuracy per position, per string) of per-string rows."""
+    kl, n, ok, scored, strings_ok = rows.sum(0)
     nan = float("nan")
-    return (float(kl_sum / n_tok) if n_tok else nan, float(pos_ok / pos_n) if pos_n else nan,
-            float(np.mean(str_ok)) if str_ok else nan)
+    return (float(kl / n) if n else nan, float(ok / scored) if scored else nan,
+            float(strings_ok / len(rows)) if len(rows) else nan)
 
 
 def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40,
@@ -101,7 +107,7 @@ def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40
     skipped = len(wanted) - len(available)
     bins = list(bins) if bins is not None else _default_bins(train_max_length, wanted)
     rng = np.random.default_rng(seed)
-    length_results, all_strings = [], []
+    length_results, all_strings, all_rows = [], [], []
     for lo, hi in bins:
         Ls = [L for L in available if lo <= L <= hi]
         if not Ls:
@@ -110,9 +116,11 @@ def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40
         strings = []
         for k, L in enumerate(sorted(int(x) for x in picks)):
             strings.extend(lang.sample(1, seed=seed * 100003 + L * 1009 + k, length=L))
+        rows = _per_string(model_fn, lang, strings, threshold, batch_size)
         all_strings.extend(strings)
-        kl, pp, ps = _score(model_fn, lang, strings, threshold, batch_size)
-        length_results.append(BinResult(lo, hi, len(strings), kl, pp, ps, hi <= train_max_length))
+        all_rows.append(rows)
+        length_results.append(BinResult(lo, hi, len(strings), *_bin(rows),
+                                        hi <= train_max_length))
     depth_results = []
     if any(isinstance(r, Balanced) for r in lang.rules) and all_strings:
         depths = np.array([nesting_depth(s, lang) for s in all_strings])
@@ -122,9 +130,10 @@ def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40
         while edges[-1] < depths.max():
             edges.append(edges[-1] * 2)
         for lo, hi in [(0, 1)] + [(a + 1, b) for a, b in zip(edges, edges[1:])]:
-            sel = [s for s, d in zip(all_strings, depths) if lo <= d <= hi]
-            if sel:
-                kl, pp, ps = _score(model_fn, lang, sel, threshold, batch_size)
-                depth_results.append(BinResult(lo, hi, len(sel), kl, pp, ps, hi <= train_depth))
+            sel = (lo <= depths) & (depths <= hi)
+            if sel.any():  # the strings were scored once, above: add up their rows
+                depth_results.append(BinResult(lo, hi, int(sel.sum()),
+                                               *_bin(np.concatenate(all_rows)[sel]),
+                                               hi <= train_depth))
     return LengthGeneralizationResult(train_max_length, threshold, tuple(length_results),
                                       tuple(depth_results), skipped)

@@ -43,8 +43,13 @@ class NextSymbolResult:
 def set_correct(model_fn: ModelFn, lang, ids: np.ndarray, threshold: float, *,
                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(correct [B, T], scored [B, T]) for ids [B, T]."""
-    probs = softmax(call_model(model_fn, ids, batch_size=batch_size))  # [B, T, V]
-    exact = lang.next_token_probs(ids)  # [B, T, V]
+    logits = call_model(model_fn, ids, batch_size=batch_size)  # [B, T, V]
+    return set_terms(logits, lang.next_token_probs(ids), ids, threshold)
+
+
+def set_terms(logits: np.ndarray, exact: np.ndarray, ids: np.ndarray, threshold: float):
+    """:func:`set_correct` from the model's logits and the exact table [B, T, V] of ids."""
+    probs = softmax(logits)
     scored = target_mask(ids) & (exact.sum(-1) > 0)
     correct = np.all((probs > threshold) == (exact > 0), axis=-1) & scored
     return correct, scored

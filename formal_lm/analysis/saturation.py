@@ -53,8 +53,12 @@ def token_kl(p_true: np.ndarray, logp_model: np.ndarray) -> np.ndarray:
 def kl_and_nll(model_fn: ModelFn, lang, ids: np.ndarray, *, batch_size: int = 256):
     """Per-position KL, model NLL and exact NLL for ids [B, T]; plus the real-target mask [B, T]."""
     logits = call_model(model_fn, ids, batch_size=batch_size)  # [B, T, V]
+    return kl_terms(logits, lang.next_token_probs(ids), ids)
+
+
+def kl_terms(logits: np.ndarray, p: np.ndarray, ids: np.ndarray):
+    """:func:`kl_and_nll` from the model's logits and the exact table p [B, T, V] of ids."""
     logq = log_softmax(logits)
-    p = lang.next_token_probs(ids)  # [B, T, V]
     mask = target_mask(ids) & (p.sum(-1) > 0)
     kl = np.where(mask, token_kl(p, logq), 0.0)
     tgt = np.concatenate([ids[:, 1:], np.zeros((len(ids), 1), ids.dtype)], axis=1)  # [B, T]

@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from formal_lm.models.transformer import _as_rngs, _dropout, _dropout_problems, _int_problems, _raise_if
+from formal_lm.models._common import _dropout, _dropout_problems, _int_problems, _ModelConfig, _StackedLM
 
 
 @dataclasses.dataclass(frozen=True)
-class LRUConfig:
+class LRUConfig(_ModelConfig):
     """Hyper-parameters of :class:`LRULM`.
 
     Args:
@@ -56,8 +56,6 @@ class LRUConfig:
       16
     """
 
-    vocab_size: int
-    d_model: int = 16
     d_state: int = 32
     n_layers: int = 2
     dropout: float = 0.0
@@ -65,7 +63,7 @@ class LRUConfig:
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> list[str]:
         problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "d_state": 1, "n_layers": 1})
         problems += _dropout_problems(self)
         r_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.r_min, self.r_max))
@@ -75,7 +73,7 @@ class LRUConfig:
             )
         if not (isinstance(self.max_phase, (int, float)) and 0.0 < self.max_phase <= 2 * math.pi + 1e-9):
             problems.append(f"max_phase={self.max_phase!r}: must be in (0, 2*pi]")
-        _raise_if(problems, "LRUConfig")
+        return problems
 
 
 def _combine(left, right):
@@ -86,6 +84,8 @@ def _combine(left, right):
 
 
 class _LRULayer(nnx.Module):
+    carry_names = ("h",)
+
     def __init__(self, cfg: LRUConfig, rngs: nnx.Rngs):
         d, n = cfg.d_model, cfg.d_state
         k_nu, k_th, k_b1, k_b2, k_c1, k_c2, k_d = jax.random.split(rngs.params(), 7)
@@ -141,19 +141,19 @@ class _LRULayer(nnx.Module):
         return self._mix(x, self._readout(h, u), rngs), h
 
 
-class LRULM(nnx.Module):
+class LRULM(_StackedLM):
     """Stacked-LRU language model; build it with ``make("lru", ...)``.
 
-    ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
-    ``init_state(B)`` -> {"pos": int32 [], "h": complex64 [L, B, N]};
-    ``step(tokens [B], state)`` -> (logits [B, V], state), O(1) per token.
+    Same interface as every model (``model(ids)``, ``init_state``, ``step``); its decoding
+    state is {"pos": int32 [], "h": complex64 [L, B, N]}.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> m = LRULM(LRUConfig(vocab_size=6, d_model=4, d_state=8), rngs=nnx.Rngs(0))
-      >>> m(jnp.array([[1, 3, 2]], dtype=jnp.int32)).shape
-      (1, 3, 6)
+      >>> logits, state = m.step(jnp.array([1], dtype=jnp.int32), m.init_state(1))
+      >>> logits.shape, state["h"].dtype, int(state["pos"])
+      ((1, 6), dtype('complex64'), 1)
     """
 
     def __init__(self, config: LRUConfig, *, rngs: nnx.Rngs):
@@ -164,27 +164,17 @@ class LRULM(nnx.Module):
         self.drop = _dropout(config.dropout, rngs)
         self.unembed = nnx.Linear(config.d_model, config.vocab_size, rngs=rngs)
 
-    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-        """ids int32 [B, T] -> logits float32 [B, T, V]."""
-        rngs = _as_rngs(rngs)
-        x = self.drop(self.embed(ids), rngs=rngs)  # [B, T, D]
-        for layer in self.layers:
-            x = layer(x, rngs)
-        return self.unembed(self.final_norm(x)).astype(jnp.float32)  # [B, T, V]
+    def _sequence(self, layer, x, rngs):
+        return layer(x, rngs)  # [B, T, D]
+
+    def _cell(self, layer, x, carry, rngs):
+        x, h = layer.step(x, carry[0], rngs)
+        return x, (h,)
+
+    def _head(self, x):
+        return self.unembed(self.final_norm(x)).astype(jnp.float32)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
         """Zero states; ``max_len`` is accepted for interface parity and ignored."""
         shape = (self.config.n_layers, batch_size, self.config.d_state)
         return {"pos": jnp.zeros((), jnp.int32), "h": jnp.zeros(shape, jnp.complex64)}
-
-    def step(self, tokens, state, *, rngs=None):
-        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
-        rngs = _as_rngs(rngs)
-        x = self.drop(self.embed(tokens), rngs=rngs)  # [B, D]
-        hs = []
-        for i, layer in enumerate(self.layers):
-            x, h = layer.step(x, state["h"][i], rngs)
-            hs.append(h)
-        logits = self.unembed(self.final_norm(x)).astype(jnp.float32)  # [B, V]
-        return logits, {"pos": state["pos"] + 1, "h": jnp.stack(hs)}
-

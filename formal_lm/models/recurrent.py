@@ -21,35 +21,36 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from formal_lm.models.transformer import _as_rngs, _dropout, _dropout_problems, _int_problems, _raise_if
+from formal_lm.models._common import _dropout, _dropout_problems, _int_problems, _ModelConfig, _StackedLM
 
 
 @dataclasses.dataclass(frozen=True)
-class _RecurrentConfig:
+class _RecurrentConfig(_ModelConfig):
     """Fields and checks shared by the LSTM and Elman RNN configs (distinct types, so the
-    model registry can tell them apart)."""
-
-    vocab_size: int
-    d_model: int = 16
-    hidden: int = 64
-    n_layers: int = 1
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
-        _raise_if(problems + _dropout_problems(self), type(self).__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LSTMConfig(_RecurrentConfig):
-    """Hyper-parameters of :class:`LSTMLM`.
+    model registry can tell them apart).
 
     Args:
       vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
       d_model: embedding width.
-      hidden: LSTM state width of every layer.
-      n_layers: number of stacked LSTM layers.
+      hidden: recurrent state width of every layer.
+      n_layers: number of stacked recurrent layers.
       dropout: rate on the embeddings and on every layer's output (train mode only).
+    """
+
+    hidden: int = 64
+    n_layers: int = 1
+    dropout: float = 0.0
+
+    def _problems(self) -> list[str]:
+        problems = _int_problems(self, {"vocab_size": 4, "d_model": 1, "hidden": 1, "n_layers": 1})
+        return problems + _dropout_problems(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMConfig(_RecurrentConfig):
+    """Hyper-parameters of :class:`LSTMLM`, checked when built; the fields (documented on
+    ``_RecurrentConfig``) are those of :class:`RNNConfig`, ``hidden`` being the width of each
+    layer's h and c.
 
     Example:
       >>> LSTMConfig(vocab_size=8, hidden=32).hidden
@@ -59,14 +60,8 @@ class LSTMConfig(_RecurrentConfig):
 
 @dataclasses.dataclass(frozen=True)
 class RNNConfig(_RecurrentConfig):
-    """Hyper-parameters of :class:`RNNLM` (Elman network, tanh).
-
-    Args:
-      vocab_size: number of token ids (PAD=0, BOS=1, EOS=2, symbols from 3).
-      d_model: embedding width.
-      hidden: recurrent state width of every layer.
-      n_layers: number of stacked recurrent layers.
-      dropout: rate on the embeddings and on every layer's output (train mode only).
+    """Hyper-parameters of :class:`RNNLM` (Elman network, tanh), checked when built; the
+    fields are documented on ``_RecurrentConfig``.
 
     Example:
       >>> RNNConfig(vocab_size=8, n_layers=2).n_layers
@@ -145,9 +140,9 @@ class _ElmanLayer(nnx.Module):
 # --------------------------------------------------------------------------- LMs
 
 
-class _RecurrentLM(nnx.Module):
-    """Embedding -> stacked recurrent layers (``_layer``) -> unembedding; shared by the LSTM and
-    the Elman RNN, which differ only in their layer."""
+class _RecurrentLM(_StackedLM):
+    """Embedding -> stacked recurrent layers (``_layer``), dropout after each -> unembedding;
+    shared by the LSTM and the Elman RNN, which differ only in their layer."""
 
     _layer: type
 
@@ -159,13 +154,15 @@ class _RecurrentLM(nnx.Module):
         self.drop = _dropout(cfg.dropout, rngs)
         self.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
 
-    def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-        """ids int32 [B, T] -> logits float32 [B, T, V]."""
-        rngs = _as_rngs(rngs)
-        x = self.drop(self.embed(ids), rngs=rngs)  # [B, T, D]
-        for layer in self.layers:
-            x = self.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
-        return self.unembed(x).astype(jnp.float32)  # [B, T, V]
+    def _sequence(self, layer, x, rngs):
+        return self.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
+
+    def _cell(self, layer, x, carry, rngs):
+        y, carry = layer.cell(x, carry)
+        return self.drop(y, rngs=rngs), carry  # [B, N]
+
+    def _head(self, x):
+        return self.unembed(x).astype(jnp.float32)
 
     def init_state(self, batch_size: int, max_len: int | None = None) -> dict[str, jax.Array]:
         """Zero carries; ``max_len`` is accepted for interface parity and ignored."""
@@ -175,34 +172,18 @@ class _RecurrentLM(nnx.Module):
             state[name] = jnp.stack([c[j] for c in carries])  # [L, B, N]
         return state
 
-    def step(self, tokens, state, *, rngs=None):
-        """tokens int32 [B] -> (logits float32 [B, V], next state)."""
-        rngs = _as_rngs(rngs)
-        names = self.layers[0].carry_names
-        x = self.drop(self.embed(tokens), rngs=rngs)  # [B, D]
-        new = {name: [] for name in names}
-        for i, layer in enumerate(self.layers):
-            y, carry = layer.cell(x, tuple(state[name][i] for name in names))
-            x = self.drop(y, rngs=rngs)  # [B, N]
-            for name, c in zip(names, carry):
-                new[name].append(c)
-        out = {"pos": state["pos"] + 1, **{name: jnp.stack(v) for name, v in new.items()}}
-        return self.unembed(x).astype(jnp.float32), out  # [B, V]
-
 
 class LSTMLM(_RecurrentLM):
     """Stacked-LSTM language model; build it with ``make("lstm", ...)``.
 
-    ``model(ids)``: ids int32 [B, T] -> logits float32 [B, T, V].
-    ``init_state(B)`` -> {"pos": int32 [], "h", "c": [L, B, N]};
-    ``step(tokens [B], state)`` -> (logits [B, V], state), O(1) per token.
+    Same interface as every model (``model(ids)``, ``init_state``, ``step``); its decoding
+    state holds the h and c of every layer.
 
     Example:
-      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> m = LSTMLM(LSTMConfig(vocab_size=6, d_model=4, hidden=8), rngs=nnx.Rngs(0))
-      >>> m(jnp.array([[1, 3, 2]], dtype=jnp.int32)).shape
-      (1, 3, 6)
+      >>> {k: v.shape for k, v in m.init_state(2).items()}
+      {'pos': (), 'h': (1, 2, 8), 'c': (1, 2, 8)}
     """
 
     _layer = _LSTMLayer

@@ -13,21 +13,20 @@ Positions always come from the index of a token inside its sequence
 its slot in the batch. The trainer's packed pass (``_packed``) puts several
 sequences in one row: there positions are per token ([B, T], restarting at 0 for
 each sequence) and attention stays inside a sequence (same segment id).
-
-This module also holds a few private helpers (config checking, dropout rngs)
-that ``recurrent.py`` and ``lru.py`` reuse.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from formal_lm.models._common import (_as_rngs, _dropout, _dropout_problems, _int_problems, _is_int,
+                                      _ModelConfig)
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("pre", "post")
@@ -36,58 +35,11 @@ _NEG = -1e30  # additive mask value; exp() of it underflows to exactly 0 in floa
 CAUSAL_BLOCK = 32  # full-pass attention splits queries into blocks of about this many
 
 
-# --------------------------------------------------------------------------- helpers
-# (shared with recurrent.py and lru.py)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _int_problems(cfg: Any, minimums: dict[str, int]) -> list[str]:
-    """Returns one message per field of ``cfg`` that is not an int >= its minimum."""
-    return [
-        f"{name}={getattr(cfg, name)!r}: must be an integer >= {lo}"
-        for name, lo in minimums.items()
-        if not (_is_int(getattr(cfg, name)) and getattr(cfg, name) >= lo)
-    ]
-
-
-def _dropout_problems(cfg: Any) -> list[str]:
-    p = cfg.dropout
-    ok = isinstance(p, (int, float, np.floating)) and not isinstance(p, bool) and 0.0 <= p < 1.0
-    return [] if ok else [f"dropout={p!r}: must be a float in [0, 1)"]
-
-
-def _raise_if(problems: list[str], cfg_name: str) -> None:
-    if problems:
-        raise ValueError(f"invalid {cfg_name}: " + "; ".join(problems))
-
-
-def _as_rngs(rngs: nnx.Rngs | jax.Array | None) -> nnx.Rngs | None:
-    """Normalises the optional ``rngs`` argument of ``__call__``/``step``.
-
-    A bare key is wrapped in ``nnx.Rngs(dropout=key)`` so that every dropout layer
-    draws a different sub-key from it (passing the key itself to each
-    ``nnx.Dropout`` would reuse one mask everywhere).
-    """
-    if rngs is None or isinstance(rngs, nnx.Rngs):
-        return rngs
-    if isinstance(rngs, jax.Array):
-        return nnx.Rngs(dropout=rngs)
-    raise TypeError(f"rngs must be None, an nnx.Rngs or a jax PRNG key, got {type(rngs).__name__}")
-
-
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
-    # Built in eval mode: dropout only acts after ``model.train()``.
-    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
-
-
 # --------------------------------------------------------------------------- config
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(_ModelConfig):
     """Hyper-parameters of :class:`TransformerLM` (validated at construction).
 
     Args:
@@ -108,8 +60,6 @@ class TransformerConfig:
       10
     """
 
-    vocab_size: int
-    d_model: int = 16
     n_heads: int = 2
     d_ff: int = 64
     n_layers: int = 2
@@ -119,7 +69,7 @@ class TransformerConfig:
     dropout: float = 0.0
     activation: str = "gelu"
 
-    def __post_init__(self) -> None:
+    def _problems(self) -> list[str]:
         problems = _int_problems(
             self,
             {"vocab_size": 4, "d_model": 1, "n_heads": 1, "d_ff": 1, "n_layers": 1, "max_len": 1},
@@ -141,7 +91,7 @@ class TransformerConfig:
                     f"pos_encoding='rope' needs an even head dim, got d_model // n_heads = "
                     f"{self.d_model // self.n_heads}; change d_model or n_heads"
                 )
-        _raise_if(problems, "TransformerConfig")
+        return problems
 
 
 # --------------------------------------------------------------------------- positional

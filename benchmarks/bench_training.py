@@ -9,14 +9,14 @@ per program step.
     python benchmarks/bench_training.py            # paper + cpu shapes, K = 1, 8, 32
     python benchmarks/bench_training.py --quick    # cpu shape K = 1, 8; paper shape K = 1
     python benchmarks/bench_training.py --devices 2   # the CPU as 2 JAX devices: the step is
-                                                      # sharded over engine.default_mesh(K)
+                                                      # sharded over programs.default_mesh(K)
 
 Shapes: "paper" is the ICML 2024 a^n b^n Transformer (d=10, 5 heads, d_ff 1024, 5 layers,
 258 tokens, batch 128, dropout 0.1); "cpu" is a small CPU shape (d=16, 2 heads, d_ff 64,
 2 layers, 64 tokens, batch 32).
 
 Batches are a^n b^n strings with n uniform in 1..(T-2)/2, padded to T (about half of each
-padded batch is PAD, as in the paper's training data); the engine packs them (data.pack_classes), so
+padded batch is PAD, as in the paper's training data); the loop packs them (packing.pack_classes), so
 only real tokens do work. GFLOP/s counts the FLOPs of the padded [B, T] step with full
 T x T attention (``padded_flops``: 25.7 GFLOP per seed-step at the paper shape), i.e. the work
 the PyTorch reference does per step, so it is comparable across versions; the packed step
@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from formal_lm.training import TrainConfig
-from formal_lm.training.engine import Engine, default_mesh
+from formal_lm.training import TrainConfig, Validation
+from formal_lm.training.loop import _Run
+from formal_lm.training.programs import default_mesh
 
 SHAPES = {
     # as nn.Transformer in the paper's released code: post-LayerNorm, ReLU
@@ -78,13 +79,25 @@ def anbn_batch(K: int, B: int, T: int, seed: int = 0) -> np.ndarray:
     return ids
 
 
+class Batches:
+    """The loop's data for the benchmark: fixed a^n b^n batches (only validation is read)."""
+
+    floor, files = None, dict
+
+    def __init__(self, vocab_size: int, T: int):
+        self.vocab_size, self.bucket, self.max_tokens = vocab_size, T, T
+        self.ids = anbn_batch(1, 8, T)[0]
+
+    def validation(self):
+        return Validation(self.ids, None)
+
+
 def bench(shape: str, K: int, steps: int, vocab_size: int = 5) -> dict:
     spec = SHAPES[shape]
-    cfg = TrainConfig(language="anbn", steps=1000, seeds=K, batch_size=spec["B"],
+    cfg = TrainConfig(language=None, steps=1000, seeds=K, batch_size=spec["B"],
                       model_config=spec["model"])
-    eng = Engine(cfg, vocab_size, mesh=default_mesh(K))
-    batches = [eng.shard_step_args(eng.prepare(anbn_batch(K, spec["B"], spec["T"], seed=i)),
-                                   None)[0] for i in range(2)]
+    eng = _Run(cfg, Batches(vocab_size, spec["T"]), None, default_mesh(K))
+    batches = [eng.place(anbn_batch(K, spec["B"], spec["T"], seed=i))[0] for i in range(2)]
     args = (eng.params, eng.opt_state, eng.zero_acc(), eng.rest, batches[0], None, eng.keys,
             np.int32(0))
     t = time.perf_counter()
@@ -121,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 32], help="values of K")
     ap.add_argument("--devices", type=int, default=1,
                     help="CPU devices (jax_num_cpu_devices); with several, the step is sharded "
-                         "over engine.default_mesh(K): seeds first, then packed rows")
+                         "over programs.default_mesh(K): seeds first, then packed rows")
     args = ap.parse_args(argv)
     jax.config.update("jax_num_cpu_devices", args.devices)
     if args.quick:

@@ -51,7 +51,7 @@ SHARDED = """
 import jax, sys, json
 jax.config.update("jax_num_cpu_devices", 8)
 from formal_lm.training import load_config, train
-from formal_lm.training.engine import default_mesh
+from formal_lm.training.programs import default_mesh
 cfg = load_config(sys.argv[1])
 import dataclasses
 cfg = dataclasses.replace(cfg, seeds=tuple(range(8)))
@@ -98,6 +98,15 @@ def test_two_processes_match_one(tmp_path):
     assert [(m["step"], m["seed"]) for m in merged] == [(m["step"], m["seed"]) for m in ref]
     for a, b in zip(merged, ref):
         np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+    # the merged checkpoints have a single-process run's layout: load_models reads them
+    from formal_lm.training import load_models
+    for which in ("best", "last"):
+        multi, one = load_models(tmp_path / "multi", which), load_models(tmp_path / "single", which)
+        ids = np.array([[1, 3, 3, 4, 4, 2]], np.int32)
+        assert len(multi) == len(one) == 4
+        for m1, m2 in zip(multi, one):
+            np.testing.assert_allclose(np.asarray(m1(ids)), np.asarray(m2(ids)), rtol=1e-4,
+                                       atol=1e-5)
 
 
 def test_cli_cpu_devices_trains_on_two_devices(tmp_path):

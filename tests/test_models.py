@@ -104,7 +104,7 @@ def padded_batch(seed: int, b: int, t: int) -> np.ndarray:
 def test_packed_rows_match_one_sequence_at_a_time(case):
     """Several sequences in one row (per-sequence positions, segment mask): each sequence gets
     the logits the plain forward pass gives it alone (differential test against model(ids))."""
-    from formal_lm.training.data import pack
+    from formal_lm.training.packing import pack
 
     if case == "post-alibi":
         model = make("transformer", vocab_size=V, seed=0,
@@ -134,7 +134,7 @@ def test_causal_query_blocks_do_not_change_logits(case, monkeypatch):
     """The full pass scores query block i only against keys before its end; any block size
     gives the logits of one [T, T] block (plain and packed rows)."""
     from formal_lm.models import transformer
-    from formal_lm.training.data import pack
+    from formal_lm.training.packing import pack
 
     model = shared(case)
     ids = padded_batch(6, 5, 16)

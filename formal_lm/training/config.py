@@ -41,13 +41,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from formal_lm import models
 from formal_lm.errors import FormalLMError, Problem
+from formal_lm.language import Language
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 DATA_MODES = ("fresh", "fixed", "length_range")
 OBJECTIVES = ("nll", "extrapolation", "adversarial")
-MODELS = ("transformer", "lstm", "rnn", "lru")
+MODELS = tuple(models.CONFIGS)
 
 
 def _is_int(v) -> bool:
@@ -171,9 +173,11 @@ class ObjectiveConfig:
 class TrainConfig:
     """One training configuration, run for several seeds at once.
 
-    ``language`` is a shipped grammar name, or a :class:`formal_lm.Language` object (Python use
-    only; such a config cannot be written to TOML). ``seeds`` is a tuple of ints; each seed
-    gives its model its own initialisation and its own data stream.
+    ``language`` is a shipped grammar name or a grammar file path, a :class:`formal_lm.Language`
+    object (Python use only; such a config cannot be written to TOML), or None when the
+    training data comes from elsewhere (``formal_lm.training.fit`` with its own data). ``seeds``
+    is a tuple of ints; each seed gives its model its own initialisation and its own data
+    stream.
 
     Example:
         >>> cfg = TrainConfig(language="anbn", steps=10, seeds=(0, 1))
@@ -212,11 +216,9 @@ class TrainConfig:
 
     def problems(self) -> list[Problem]:
         out = []
-        if not isinstance(self.language, str):
-            from formal_lm.language import Language
-            if not isinstance(self.language, Language):
-                out.append(Problem(f"language={self.language!r} must be a grammar name or a "
-                                   "Language"))
+        if self.language is not None and not isinstance(self.language, (str, Language)):
+            out.append(Problem(f"language={self.language!r} must be a grammar name, a path to a "
+                               "grammar file, or a Language"))
         if self.model not in MODELS:
             out.append(Problem(f"model.name={self.model!r} is not allowed", f"use one of {MODELS}"))
         if "vocab_size" in self.model_config:
@@ -260,8 +262,10 @@ class TrainConfig:
             out.append(Problem(f"objective={self.objective!r} must be an ObjectiveConfig"))
         return out
 
-    def language_name(self) -> str:
-        return self.language if isinstance(self.language, str) else self.language.name
+    def language_name(self) -> str | None:
+        if self.language is None or isinstance(self.language, str):
+            return self.language
+        return self.language.name
 
     def to_dict(self) -> dict:
         """A JSON/TOML-able dict in the file layout (``language`` as its name)."""
@@ -287,8 +291,13 @@ _OPT = {"name": "optimizer", "lr": "lr", "warmup_steps": "warmup_steps", "schedu
 _TABLES = {"model", "optimizer", "data", "objective"}
 
 
-def config_from_dict(d: Mapping, *, source: str = "<dict>") -> TrainConfig:
-    """Builds a :class:`TrainConfig` from the file layout, naming ``source`` in every problem."""
+def config_from_dict(d: Mapping, *, source: str = "<dict>",
+                     require_language: bool = True) -> TrainConfig:
+    """Builds a :class:`TrainConfig` from the file layout, naming ``source`` in every problem.
+
+    ``require_language=False`` accepts a config without ``language`` (its data comes from
+    elsewhere: the in-context-learning study, for example).
+    """
     problems: list[Problem] = []
 
     def bad(msg, fix=""):
@@ -332,7 +341,7 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>") -> TrainConfig:
         for key in obj:
             if key != "name":
                 bad(f"objective.{key} is unused with objective.name='nll'")
-    for key in ("language", "steps"):
+    for key in ("language", "steps") if require_language else ("steps",):
         if key not in kw:
             bad(f"missing key {key!r}")
     if problems:
@@ -348,13 +357,8 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>") -> TrainConfig:
 
 
 def _model_config_problems(name: str, model: Mapping) -> list[str]:
-    """Unknown keys of a model's config (checked against its config dataclass when available)."""
-    try:
-        from formal_lm.training._models import config_class
-        cls = config_class(name)
-    except Exception:  # models not importable: leave the check to model construction
-        return []
-    allowed = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
+    """Unknown keys of a model's config (checked against its config dataclass)."""
+    allowed = {f.name for f in dataclasses.fields(models.CONFIGS[name])} - {"vocab_size"}
     return [f"unknown key 'model.{k}' for model {name!r}; allowed: {sorted(allowed)}"
             for k in model if k not in allowed]
 

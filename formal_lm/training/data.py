@@ -1,36 +1,27 @@
-"""Training, validation and test data: exact samples, drawn statelessly from (seed, stream, step).
+"""What the training loop trains and validates on: a :class:`TrainingData`.
 
-Every random draw goes through :func:`derive`, which maps ``(seed, stream, *indices)`` to a
-32-bit seed with numpy's ``SeedSequence``. The batch of step ``t`` for seed ``s`` is a pure
-function of ``(s, t)``, so the "data RNG state" of a run is its step counter: a run resumed from
-a checkpoint draws exactly the batches an uninterrupted run would have drawn.
+The loop asks a ``TrainingData`` for the token ids of seed ``s`` at step ``t`` (a pure function
+of ``(s, t)`` through ``derive(s, Stream.TRAIN, t)``, so a resumed run draws exactly the batches
+an uninterrupted run would have drawn), for the objective's extra batch, and for one validation
+set shared by every seed. :class:`LanguageData` is the one for exact samples of a ``Language``;
+the in-context-learning study supplies its own (``formal_lm.studies.icl``).
 
-Streams: TRAIN (each seed its own), VAL and TEST (shared by all seeds, so seeds are compared on
-the same held-out strings and a seed trained alone sees what it sees among others), MODEL (init),
-DROPOUT, OOD (objective prompts).
+Shape glossary:  B batch   T tokens   V vocab   N validation strings
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+from typing import Protocol
 
 import numpy as np
 
 from formal_lm.errors import FormalLMError, Problem
-from formal_lm.training.config import DataConfig
-
-TRAIN, VAL, TEST, MODEL, DROPOUT, OOD = range(6)
-SHARED = 0  # seed used for the VAL and TEST streams
-
-
-def derive(seed: int, stream: int, *indices: int) -> int:
-    """A 31-bit seed for ``(seed, stream, *indices)``; distinct tuples give independent seeds.
-
-    Example:
-        >>> derive(0, TRAIN, 5) == derive(0, TRAIN, 5), derive(0, TRAIN, 5) == derive(0, VAL, 5)
-        (True, False)
-    """
-    words = [int(seed), int(stream), *[2 * i if i >= 0 else -2 * i - 1 for i in map(int, indices)]]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
+from formal_lm.seeding import SHARED, Stream, derive, rng
+from formal_lm.training import objectives
+from formal_lm.training.config import DataConfig, ObjectiveConfig
 
 
 def bucket_length(n: int, bucket: int, max_length: int) -> int:
@@ -38,37 +29,119 @@ def bucket_length(n: int, bucket: int, max_length: int) -> int:
     return min(max_length, bucket * math.ceil(n / bucket))
 
 
-def _length_probs(lang, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(lang.length_distribution(hi), float)[lo: hi + 1]
-    lengths = np.arange(lo, hi + 1)
-    keep = p > 0
-    if not keep.any():
-        raise FormalLMError(Problem(f"the language {lang.name!r} has no strings with length in "
-                                    f"[lo={lo}, hi={hi}]", "change data.lo / data.hi"))
-    return lengths[keep], p[keep] / p[keep].sum()
+def encode(lang, strings: list, length: int) -> np.ndarray:
+    """int32 [B, length] right-padded ``[BOS, s..., EOS, PAD...]``."""
+    return lang.vocab.batch(strings, length=length)
 
 
-class Source:
-    """Strings for one seed: ``strings(step)`` is the training batch of that optimizer step.
+def digest(*parts) -> str:
+    """A short content hash of arrays and JSON values (what a run records to tie itself to its
+    data). Floating arrays are rounded to 6 decimals first, so the last bits of a platform's
+    arithmetic do not count."""
+    h = hashlib.sha256()
+    for a in parts:
+        if isinstance(a, np.ndarray):
+            if a.dtype.kind == "f":
+                a = np.round(a.astype(np.float64), 6)
+            a = np.ascontiguousarray(a)
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+        else:
+            h.update(json.dumps(a, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """The validation set of a run, shared by every seed.
+
+    Attributes:
+        ids: int32 [N, T] right-padded token ids.
+        p_true: float32 [N, T-1, V] exact next-token rows of ``ids`` (zero rows where nothing is
+            known), or None when there is no exact reference (no KL is reported then).
+        ood: the objective's held-out completion batch (ids, weights), or None.
+    """
+
+    ids: np.ndarray
+    p_true: np.ndarray | None
+    ood: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class TrainingData(Protocol):
+    """What :func:`formal_lm.training.fit` needs to know about its data."""
+
+    vocab_size: int
+    floor: float | None  # the exact loss floor (nats per real token), None when unknown
+    bucket: int  # batches are padded to a multiple of this many tokens ...
+    max_tokens: int  # ... but not beyond this (the longest sequence a batch may hold)
+
+    def train_ids(self, seed: int, step: int) -> np.ndarray:
+        """int32 [B, T] token ids of ``seed``'s batch at ``step`` (any T; the loop pads)."""
+
+    def ood_batch(self, seed: int, step: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The objective's (ids [Bo, To], weights [Bo, To-1]) at ``step``, or None."""
+
+    def validation(self) -> Validation:
+        """The validation set (computed once)."""
+
+    def identity(self) -> dict:
+        """JSON facts that define the data (a run refuses to resume when they change)."""
+
+    def files(self) -> dict[str, str]:
+        """{file name: text} stored in the run directory (e.g. the objective's prompt split)."""
+
+
+class EpochOrder:
+    """Which item of a fixed data set of ``n`` items each batch slot takes: every item once per
+    epoch, in an order drawn per epoch from ``derive(seed, stream, -2, epoch)``.
+
+    Example:
+        >>> order = EpochOrder(4, seed=0)
+        >>> sorted(order.indices(0, 4).tolist())  # one epoch: every item once
+        [0, 1, 2, 3]
+    """
+
+    def __init__(self, n: int, seed: int, stream: Stream = Stream.TRAIN):
+        self.n, self.seed, self.stream = n, seed, stream
+        self._epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._epoch != epoch:  # kept for the current epoch only
+            perm = rng(self.seed, self.stream, -2, epoch).permutation(self.n)
+            self._epoch, self._perm = epoch, perm
+        return self._perm
+
+    def indices(self, step: int, batch_size: int) -> np.ndarray:
+        """The items of the batch of ``step``."""
+        out = np.empty(batch_size, np.int64)
+        for k, i in enumerate(range(step * batch_size, (step + 1) * batch_size)):
+            epoch, j = divmod(i, self.n)
+            out[k] = self._permutation(epoch)[j]
+        return out
+
+
+class Strings:
+    """Exact samples of a language for one seed: ``strings(step)`` is that step's batch.
 
     Args:
         lang: the language.
         cfg: the data config.
-        seed: the run seed (the data stream derives from it).
+        seed: the run seed.
         batch_size: strings per step.
         stream: TRAIN for training data; VAL/TEST build held-out sets with :func:`held_out`.
     """
 
-    def __init__(self, lang, cfg: DataConfig, seed: int, batch_size: int, stream: int = TRAIN):
+    def __init__(self, lang, cfg: DataConfig, seed: int, batch_size: int,
+                 stream: Stream = Stream.TRAIN):
         self.lang, self.cfg, self.seed, self.batch_size, self.stream = (
             lang, cfg, seed, batch_size, stream)
         self.max_symbols = cfg.max_length - 2
         if cfg.lo is not None:
             self.lengths, self.length_p = _length_probs(lang, cfg.lo, cfg.hi)
         self.dataset = self._fixed_dataset() if cfg.mode == "fixed" else None
-        self._perm_epoch, self._perm_cache = None, None
+        if self.dataset is not None:
+            self.order = EpochOrder(len(self.dataset), seed, stream)
 
-    # -- drawing ----------------------------------------------------------------------------
     def _fresh(self, n: int, key: tuple) -> list:
         """``n`` samples no longer than max_length (too long ones are redrawn)."""
         out, attempt = [], 0
@@ -84,8 +157,7 @@ class Source:
 
     def _in_range(self, n: int, key: tuple) -> list:
         """``n`` samples with lengths drawn from the length distribution restricted to [lo, hi]."""
-        rng = np.random.default_rng(derive(self.seed, self.stream, *key))
-        ls = rng.choice(self.lengths, size=n, p=self.length_p)
+        ls = rng(self.seed, self.stream, *key).choice(self.lengths, size=n, p=self.length_p)
         out: list = [None] * n
         for L in np.unique(ls):
             idx = np.flatnonzero(ls == L)
@@ -106,13 +178,6 @@ class Source:
             return out
         return self._fresh(cfg.dataset_size, (-1,))
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        """This epoch's order of the fixed dataset (kept for the current epoch only)."""
-        if self._perm_epoch != epoch:
-            rng = np.random.default_rng(derive(self.seed, self.stream, -2, epoch))
-            self._perm_epoch, self._perm_cache = epoch, rng.permutation(len(self.dataset))
-        return self._perm_cache
-
     def strings(self, step: int) -> list:
         """The training strings of optimizer step ``step`` (0-based)."""
         B = self.batch_size
@@ -120,147 +185,99 @@ class Source:
             return self._fresh(B, (step,))
         if self.cfg.mode == "length_range":
             return self._in_range(B, (step,))
-        N, out = len(self.dataset), []
-        for i in range(step * B, (step + 1) * B):
-            epoch, j = divmod(i, N)
-            out.append(self.dataset[self._perm(epoch)[j]])
-        return out
+        return [self.dataset[i] for i in self.order.indices(step, B)]
 
 
-def held_out(lang, cfg: DataConfig, stream: int = VAL, n: int | None = None) -> list:
+def _length_probs(lang, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(lang.length_distribution(hi), float)[lo: hi + 1]
+    lengths = np.arange(lo, hi + 1)
+    keep = p > 0
+    if not keep.any():
+        raise FormalLMError(Problem(f"the language {lang.name!r} has no strings with length in "
+                                    f"[lo={lo}, hi={hi}]", "change data.lo / data.hi"))
+    return lengths[keep], p[keep] / p[keep].sum()
+
+
+def held_out(lang, cfg: DataConfig, stream: Stream = Stream.VAL, n: int | None = None) -> list:
     """A held-out set from the VAL (or TEST) stream, drawn like the training data.
 
     "fresh" and "fixed" with ``dataset_size`` draw fresh samples; "length_range" and per-length
     "fixed" draw lengths in [lo, hi]. Shared by all seeds.
     """
     n = cfg.eval_size if n is None else n
-    src = Source(lang, _as_fresh(cfg), SHARED, n, stream=stream)
+    if cfg.lo is not None:
+        fresh = dataclasses.replace(cfg, mode="length_range", dataset_size=None, per_length=None)
+    else:
+        fresh = dataclasses.replace(cfg, mode="fresh", dataset_size=None, per_length=None,
+                                    lo=None, hi=None)
+    src = Strings(lang, fresh, SHARED, n, stream=stream)
     return src._in_range(n, (0,)) if cfg.lo is not None else src._fresh(n, (0,))
 
 
-def _as_fresh(cfg: DataConfig) -> DataConfig:
-    import dataclasses
-    if cfg.lo is not None:
-        return dataclasses.replace(cfg, mode="length_range", dataset_size=None, per_length=None)
-    return dataclasses.replace(cfg, mode="fresh", dataset_size=None, per_length=None, lo=None,
-                               hi=None)
+class LanguageData:
+    """Exact samples of a language (per seed), its exact validation table and the objective.
 
-
-def encode(lang, strings: list, length: int) -> np.ndarray:
-    """int32 [B, length] right-padded ``[BOS, s..., EOS, PAD...]``."""
-    return lang.vocab.batch(strings, length=length)
-
-
-def pack(ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Packs the model inputs/targets of a padded batch into as few rows as fit (transformer).
-
-    ``ids`` int32 [B, T] right-padded ``[BOS, s..., EOS, PAD...]``. Sequence b of L real tokens
-    contributes inputs ``ids[b, :L-1]`` and targets ``ids[b, 1:L]``; these are placed first-fit
-    decreasing into rows of T-1 slots. Returns int32 arrays (the order of rows is fixed by the
-    lengths, so the packing is a pure function of ``ids``):
-
-    * ``inp``, ``tgt`` [B, T-1]: packed inputs and targets (PAD in unused slots),
-    * ``pos`` [B, T-1]: each token's position inside its own sequence (restarts at 0),
-    * ``seg`` [B, T-1]: segment number inside the row (1, 2, ...; 0 in unused slots),
-    * ``rows`` []: how many rows are used (rows ``rows..B-1`` are empty).
-
-    The sum of the per-target NLL over ``tgt != PAD`` equals the one of the unpacked batch.
+    Args:
+        lang: the language.
+        data: how training strings are drawn.
+        batch_size: strings per step and seed.
+        objective: the training objective (a completion objective adds OOD prompt batches).
+        split: the objective's OOD prompt split ({"train", "heldout"}); computed with
+            :func:`objectives.ood_split` when None.
     """
-    return pack_classes(ids, 1)[0]
 
+    def __init__(self, lang, data: DataConfig, batch_size: int,
+                 objective: ObjectiveConfig = ObjectiveConfig(), split: dict | None = None):
+        self.lang, self.data, self.batch_size, self.objective = lang, data, batch_size, objective
+        self.vocab_size = lang.vocab.size
+        self.bucket, self.max_tokens = data.bucket, data.max_length
+        self.floor = float(lang.optimal_loss().per_token)
+        self._sources: dict[int, Strings] = {}
+        self.split = None
+        if objective.name in objectives.COMPLETION_OBJECTIVES:
+            ob = objective
+            self.split = split or objectives.ood_split(lang, ob.prompt_length, ob.split_seed)
+            longest = ob.prompt_length * 2 + 3
+            self._ood_T = bucket_length(longest, data.bucket, max(longest, data.bucket))
+            self._ood_train = objectives.completion_batch(lang, self.split["train"], ob.name,
+                                                          self._ood_T)
+        self._validation = None
 
-def row_lengths(T: int, classes: int) -> tuple[int, ...]:
-    """Row lengths of :func:`pack_classes` for a padded length ``T``: ``T-1`` and then
-    ``classes - 1`` more, evenly spaced down to about half of it (none under 8, no repeats)."""
-    top = T - 1
-    if classes <= 1:
-        return (top,)
-    step = max(1, math.ceil(top / (2 * (classes - 1))))
-    return tuple(sorted({max(top - i * step, min(8, top)) for i in range(classes)},
-                        reverse=True))
+    def train_ids(self, seed: int, step: int) -> np.ndarray:
+        if seed not in self._sources:
+            self._sources[seed] = Strings(self.lang, self.data, seed, self.batch_size)
+        return self.lang.vocab.batch(self._sources[seed].strings(step))
 
+    def ood_batch(self, seed: int, step: int):
+        if self.split is None:
+            return None
+        ids, weights = self._ood_train
+        idx = rng(seed, Stream.OOD, step).integers(len(ids), size=self.objective.batch_size)
+        return ids[idx], weights[idx]
 
-def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[dict]:
-    """Like :func:`pack`, but into rows of several static lengths (see :func:`row_lengths`).
+    def validation(self) -> Validation:
+        if self._validation is None:
+            val = held_out(self.lang, self.data, Stream.VAL)
+            T = bucket_length(max(len(s) for s in val) + 2, self.data.bucket, self.data.max_length)
+            ids = encode(self.lang, val, T)  # [N, T]
+            p_true = self.lang.next_token_probs(ids)[:, :-1].astype(np.float32)  # [N, T-1, V]
+            ood = None
+            if self.split is not None:
+                ood = objectives.completion_batch(self.lang, self.split["heldout"],
+                                                  self.objective.name, self._ood_T)
+            self._validation = Validation(ids, p_true, ood)
+        return self._validation
 
-    A sequence with m inputs belongs to the shortest row length ``L >= m``; it is placed
-    first-fit decreasing into the open rows of its own length (or, with ``fill``, into those of
-    any longer length too, as a filler), else opens a row of its own length. So short sequences
-    do not pay ``T x T`` attention. Returns one dict per row length, each as :func:`pack`
-    returns (arrays [B, L], ``rows`` the used rows, rows ``0..rows-1``). Every real target of
-    ``ids`` appears exactly once over all of them; the layout is a pure function of ``ids``.
-    """
-    ids = np.asarray(ids)
-    B, T = ids.shape
-    from formal_lm.vocab import PAD_ID
-    lengths = row_lengths(T, classes)
-    n = (ids != PAD_ID).sum(axis=1) - 1  # inputs per sequence
-    order = np.argsort(-n, kind="stable")
-    out = [{"inp": np.zeros((B, L), np.int32), "tgt": np.zeros((B, L), np.int32),
-            "pos": np.zeros((B, L), np.int32), "seg": np.zeros((B, L), np.int32),
-            "rows": np.int32(0)} for L in lengths]
-    open_rows: list[list[int]] = []  # [class, row index in that class, free slots, segments]
-    for b in order:
-        m = int(n[b])
-        if m <= 0:
-            continue
-        c = max(i for i, L in enumerate(lengths) if L >= m)
-        for r in open_rows:
-            if r[2] >= m and (r[0] == c or (fill and r[0] < c)):
-                break
-        else:
-            r = [c, int(out[c]["rows"]), lengths[c], 0]
-            out[c]["rows"] = np.int32(r[1] + 1)
-            open_rows.append(r)
-        p, i, o = out[r[0]], r[1], lengths[r[0]] - r[2]
-        p["inp"][i, o:o + m] = ids[b, :m]
-        p["tgt"][i, o:o + m] = ids[b, 1:m + 1]
-        p["pos"][i, o:o + m] = np.arange(m)
-        r[3] += 1
-        p["seg"][i, o:o + m] = r[3]
-        r[2] -= m
-    return out
+    def files(self) -> dict[str, str]:
+        if self.split is None:
+            return {}
+        ob = self.objective
+        return {objectives.SPLIT_FILE: objectives.split_text(self.split, ob.prompt_length,
+                                                              ob.split_seed)}
 
-
-def deal_rows(parts: list[dict], shards: int, block: int = 1) -> list[dict]:
-    """Deals the used rows of packed row lengths (:func:`pack_classes` dicts, or one
-    :func:`pack` dict in a list) over ``shards`` slices, in blocks of ``block`` consecutive rows
-    of one length, so that the slices' work is about equal.
-
-    Blocks go, costliest first (rows x L^2, attention's share of the work), to the slice with
-    the least work so far. With ``block`` the trainer's micro-batch size, a slice's rows of one
-    length fill whole micro-batches but for at most one block. Returns, per row length, arrays
-    [shards * C, L] (slice ``j`` is rows ``j*C .. j*C + C - 1``, its used rows first; C =
-    ``block`` times ceil(ceil(B / block) / shards), room for any B used rows) and ``rows`` int32
-    [shards], the used rows of each slice. ``shards=1`` keeps the layout (``rows`` becomes
-    [1]). Every row appears exactly once.
-
-    Example:
-        >>> part = pack(np.array([[1, 3, 4, 2], [1, 3, 2, 0], [1, 4, 2, 0]]))
-        >>> int(part["rows"]), deal_rows([part], 2)[0]["rows"].tolist()
-        (3, [2, 1])
-    """
-    blocks = []  # (cost, part index, first row, rows)
-    for i, part in enumerate(parts):
-        L, used = part["inp"].shape[1], int(part["rows"])
-        blocks += [(min(block, used - b) * L * L, i, b, min(block, used - b))
-                   for b in range(0, used, block)]
-    load = np.zeros(shards)
-    mine: list[list[list[int]]] = [[[] for _ in range(shards)] for _ in parts]
-    for cost, i, first, n in sorted(blocks, key=lambda b: (-b[0], b[1], b[2])):
-        j = int(np.argmin(load))
-        load[j] += cost
-        mine[i][j] += range(first, first + n)
-    out = []
-    for part, rows_of in zip(parts, mine):
-        B = part["inp"].shape[0]
-        n_blocks = -(-B // block)  # the most blocks B rows can fill
-        C = block * -(-n_blocks // shards)
-        dealt = {k: np.zeros((shards * C,) + part[k].shape[1:], part[k].dtype)
-                 for k in ("inp", "tgt", "pos", "seg")}
-        for j, idx in enumerate(rows_of):
-            for k in dealt:
-                dealt[k][j * C:j * C + len(idx)] = part[k][idx]
-        dealt["rows"] = np.array([len(idx) for idx in rows_of], np.int32)
-        out.append(dealt)
-    return out
+    def identity(self) -> dict:
+        v = self.validation()
+        return {"kind": "language", "language": self.lang.name,
+                "validation": digest(v.ids, v.p_true),
+                "ood_split": None if self.split is None else digest(
+                    {k: [list(p) for p in ps] for k, ps in self.split.items()})}

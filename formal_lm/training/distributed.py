@@ -4,7 +4,9 @@ Seeds never interact, so a multi-process run needs no collectives inside the tra
 process ``i`` of ``N`` trains seeds ``config.seeds[i::N]`` (sharded over its local devices as
 usual) into ``RUN_DIR/process-i/``; then every process takes part in one all-gather of the final
 per-seed metrics, and process 0 writes the merged ``RUN_DIR/metrics.jsonl`` (all seeds, sorted
-by step then seed) and ``RUN_DIR/result.json``. Checkpoints stay per process.
+by step then seed), ``RUN_DIR/checkpoints/{best,last}.msgpack`` (every seed, the layout of a
+single-process run, so ``load_models(RUN_DIR)`` reads it) and ``RUN_DIR/result.json``. Each
+process resumes from its own ``RUN_DIR/process-i/`` checkpoints.
 
 Launch by hand on one machine (what tests/test_distributed.py does)::
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from formal_lm.errors import FormalLMError, Problem
+from formal_lm.training import checkpoint as ckpt
 
 FIELDS = ("loss", "val_loss", "kl")
 
@@ -66,7 +69,7 @@ def run_process(config, run_dir: str | Path, *, coordinator: str, num_processes:
     import jax
     from jax.experimental import multihost_utils
 
-    from formal_lm.training.engine import train
+    from formal_lm.training.train import train
 
     initialize(coordinator, num_processes, process_id)
     mine = shard_seeds(config.seeds, num_processes, process_id)
@@ -81,7 +84,7 @@ def run_process(config, run_dir: str | Path, *, coordinator: str, num_processes:
     rows = -(-len(config.seeds) // num_processes)
     table = np.full((rows, 1 + len(FIELDS)), np.nan)
     for r, line in enumerate(res.final):
-        table[r] = [line["seed"], *(line[f] for f in FIELDS)]
+        table[r] = [line["seed"], *(np.nan if line[f] is None else line[f] for f in FIELDS)]
     gathered = np.asarray(multihost_utils.process_allgather(table))  # [N, rows, 1 + F]
     out = None
     if jax.process_index() == 0:
@@ -102,9 +105,33 @@ def run_process(config, run_dir: str | Path, *, coordinator: str, num_processes:
             lines += [json.loads(x) for x in path.read_text().splitlines()]
         lines.sort(key=lambda m: (m["step"], config.seeds.index(m["seed"])))
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+        for which in ("best", "last"):
+            merge_checkpoints([run_dir / f"process-{i}" / "checkpoints" / f"{which}.msgpack"
+                               for i in range(num_processes)],
+                              run_dir / "checkpoints" / f"{which}.msgpack", config.seeds)
         (run_dir / "result.json").write_text(json.dumps(out, indent=1))
     multihost_utils.sync_global_devices("formal_lm.training.done")
     return out
+
+
+def merge_checkpoints(parts: list[Path], out: Path, seeds: tuple[int, ...]) -> None:
+    """One checkpoint of every seed from the processes' checkpoints (each holding some seeds),
+    in the layout of a single-process run, so ``load_models(RUN_DIR)`` reads it."""
+    metas, trees = zip(*(ckpt.read(p) for p in parts))
+    order = [s for m in metas for s in m["seeds"]]
+    idx = [order.index(s) for s in seeds]
+    merged = {name: {path: np.concatenate([t[name][path] for t in trees])[idx]
+                     for path in trees[0][name]} for name in trees[0]}
+    meta = dict(metas[0])
+    meta["seeds"] = list(seeds)
+    meta["identity"] = {**meta["identity"],
+                        "config": {**meta["identity"]["config"], "seeds": list(seeds)}}
+    for key in ("best_val", "best_lines", "best_steps"):
+        if key in meta:
+            values = [v for m in metas for v in m[key]]
+            meta[key] = [values[i] for i in idx]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.save_arrays(out, meta, merged)
 
 
 def free_port() -> int:

@@ -1,0 +1,402 @@
+"""The training loop: K seeds of one config in one jitted program, on any :class:`TrainingData`.
+
+``fit(config, data, run_dir)`` starts every seed from ``derive(seed, Stream.MODEL)`` or from
+given parameters (fine-tuning), draws each step's batch from ``data``, evaluates every
+``eval_every`` steps on ``data.validation()`` (loss, and exact KL where the data has an exact
+reference), keeps each seed's best parameters (lowest validation loss) and checkpoints. An
+interrupted run resumed from its last checkpoint ends bit for bit where an uninterrupted one
+would (on the same device layout): data and dropout are functions of (seed, step).
+
+Run directory::
+
+    RUN_DIR/run.json                 what defines the run: config, data identity, start
+    RUN_DIR/metrics.jsonl            one strict-JSON object per seed every eval_every steps
+    RUN_DIR/checkpoints/last.msgpack everything needed to resume (see checkpoint.py)
+    RUN_DIR/checkpoints/best.msgpack per seed, the parameters at its lowest validation loss
+                                     (and the models' other state, e.g. dropout RNG keys)
+
+Shape glossary:  K seeds   B batch   T tokens (bucketed)   V vocab
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from formal_lm.errors import FormalLMError, Problem
+from formal_lm.seeding import Stream, derive
+from formal_lm.training import checkpoint as ckpt
+from formal_lm.training.config import TrainConfig
+from formal_lm.training.data import TrainingData, bucket_length, digest
+from formal_lm.training.packing import deal_rows, pack_classes
+from formal_lm.training.programs import (check_max_len, default_mesh, micro_rows, programs,
+                                         row_classes)
+from formal_lm.vocab import PAD_ID
+
+KL_TOLERANCE = 1e-6
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`fit` (and :func:`formal_lm.training.train`) returns.
+
+    Attributes:
+        run_dir: the run directory.
+        seeds: the seeds, in the order of every per-seed list.
+        step: optimizer steps done.
+        final: per seed, the last metrics object written.
+        best: per seed, the metrics object of its lowest validation loss (its best checkpoint).
+        last_checkpoint, best_checkpoint: checkpoint paths.
+        optimal_loss: the exact loss floor (nats per real token), None when the data has none.
+        wall_time: seconds spent in this call.
+        compiles: how many times the train step was compiled (one per sequence-length bucket).
+        buckets: the padded batch lengths T seen in this call.
+    """
+
+    run_dir: Path
+    seeds: tuple[int, ...]
+    step: int
+    final: list[dict]
+    best: list[dict]
+    last_checkpoint: Path
+    best_checkpoint: Path
+    optimal_loss: float | None
+    wall_time: float
+    compiles: int
+    buckets: tuple[int, ...] = ()
+
+
+class Callback:
+    """Hooks of the loop; subclass and override what you need (every hook does nothing here)."""
+
+    def on_step(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based count of steps done)."""
+
+    def on_eval(self, step: int, lines: list[dict]) -> None:
+        """After an evaluation: one metrics object per seed."""
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        """After a checkpoint was written and verified."""
+
+
+class ProgressBar(Callback):
+    """A tqdm bar with per-seed training loss, mean validation loss and the exact floor."""
+
+    def __init__(self, total: int, initial: int, floor: float | None):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        self.floor = floor
+
+    def on_step(self, step):
+        self.bar.update(1)
+
+    def on_eval(self, step, lines):
+        text = "loss " + " ".join(f"{m['loss']:.4f}" for m in lines if m["loss"] is not None)
+        vals = [m["val_loss"] for m in lines if m["val_loss"] is not None]
+        text += f" | val {np.mean(vals):.4f}" if vals else ""
+        text += f" | optimal {self.floor:.4f}" if self.floor is not None else ""
+        self.bar.set_postfix_str(text)
+
+    def close(self):
+        self.bar.close()
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _read_metrics(path: Path, upto: int) -> list[str]:
+    """Complete metrics lines with step <= upto (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and obj.get("step", math.inf) <= upto:
+            keep.append(line)
+    return keep
+
+
+class _Run:
+    """The stacked state of one run's seeds and the steps that change it."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, init, mesh):
+        self.config, self.data, self.seeds = config, data, config.seeds
+        self.prog = prog = programs(config, data.vocab_size)
+        self.mesh = mesh
+        self.step_fn, self.eval_fn = prog.step_fn(mesh), prog.eval_fn
+        self.row_shards = mesh.shape.get("rows", 1) if mesh is not None and prog.packed else 1
+        self.seed_shards = mesh.shape["seeds"] if mesh is not None else 1
+        model_seeds = np.array([derive(s, Stream.MODEL) for s in self.seeds], np.int32)
+        dropout_seeds = np.array([derive(s, Stream.DROPOUT) for s in self.seeds], np.int32)
+        self.params, self.rest, self.keys, self.opt_state = prog.init_fn(model_seeds,
+                                                                         dropout_seeds)
+        if init is not None:  # start from given parameters, with a fresh optimizer state
+            self.params = ckpt.restore(self.params, ckpt.flatten(init), source="init params")
+            self.opt_state = prog.opt_init_fn(self.params)
+        self.acc_names = ["loss", "loss_per_seq"]
+        if config.objective.name != "nll":
+            self.acc_names.append("ood_loss")
+        self.params, self.opt_state, self.rest, self.keys = self.shard(
+            (self.params, self.opt_state, self.rest, self.keys))
+        val = data.validation()
+        self.val_args = self.replicate((val.ids, val.p_true, val.ood))
+        self.step, self.since_eval = 0, 0
+        self.best_val = np.full(len(self.seeds), np.inf)
+        self.best_lines: list[dict | None] = [None] * len(self.seeds)
+        self.best_params = jax.tree.map(np.array, jax.device_get(self.params))
+        self.acc = self.zero_acc()
+
+    # -- placement ---------------------------------------------------------------------------
+    def shard(self, tree, spec=("seeds",)):
+        """Puts arrays with a leading seeds axis onto the mesh (no-op without one)."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        spec = spec if set(spec) <= set(self.mesh.axis_names) else ("seeds",)
+        return jax.device_put(tree, jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(*spec)))
+
+    def replicate(self, tree):
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh,
+                                                               jax.sharding.PartitionSpec()))
+
+    def zero_acc(self):
+        return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
+
+    # -- batches -----------------------------------------------------------------------------
+    def prepare(self, ids: np.ndarray):
+        """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
+        (a list with, per row length L of ``packing.pack_classes``, a dict of [K, R, L] arrays
+        and rows [K, S], the rows dealt over S = ``row_shards`` shards in micro-batch blocks by
+        ``packing.deal_rows``), else ids itself."""
+        if not self.prog.packed:
+            return ids
+        block = micro_rows(len(ids) // self.seed_shards)
+        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1])), self.row_shards, block)
+                 for x in ids]
+        return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
+                for c in range(len(packs[0]))]
+
+    def batch(self, step: int):
+        """((batch, ood) placed for the step, the padded length T) of optimizer step ``step``."""
+        per_seed = [self.data.train_ids(s, step) for s in self.seeds]
+        real = max(int((x != PAD_ID).sum(1).max()) for x in per_seed)
+        T = bucket_length(real, self.data.bucket, self.data.max_tokens)
+        T = max(T, real)
+        ids = np.zeros((len(per_seed), per_seed[0].shape[0], T), np.int32)  # [K, B, T]
+        for k, x in enumerate(per_seed):
+            w = min(T, x.shape[1])
+            ids[k, :, :w] = x[:, :w]
+        ood = [self.data.ood_batch(s, step) for s in self.seeds]
+        ood = None if ood[0] is None else tuple(np.stack(a) for a in zip(*ood))
+        return self.place(ids, ood), T
+
+    def place(self, ids: np.ndarray, ood=None):
+        """(batch, ood) of token ids [K, B, T] as the step takes them: prepared and sharded."""
+        spec = ("seeds", "rows") if self.prog.packed else ("seeds",)
+        return self.shard(self.prepare(ids), spec), self.shard(ood)
+
+    # -- steps -------------------------------------------------------------------------------
+    def train_step(self, step: int):
+        (ids, ood), T = self.batch(step)
+        self.params, self.opt_state, self.acc = self.step_fn(
+            self.params, self.opt_state, self.acc, self.rest, ids, ood, self.keys,
+            np.int32(step))
+        self.step, self.since_eval = step + 1, self.since_eval + 1
+        return T
+
+    def evaluate(self) -> tuple[list[dict], list[int]]:
+        """One metrics object per seed, and the seeds (indices) whose validation loss improved."""
+        ev = jax.device_get(self.eval_fn(self.params, self.rest, *self.val_args))
+        tr = jax.device_get(self.acc)
+        lr = float(self.prog.lr_fn(self.step - 1))
+        lines, improved = [], []
+        for k, s in enumerate(self.seeds):
+            obj = {"step": self.step, "seed": s}
+            obj.update({n: _finite_or_none(tr[n][k] / self.since_eval) for n in self.acc_names})
+            obj.update({n: _finite_or_none(v[k]) for n, v in ev.items()})
+            if self.data.floor is not None:
+                obj["optimal_loss"] = self.data.floor
+            obj["lr"] = lr
+            if obj.get("kl") is not None and obj["kl"] < -KL_TOLERANCE:
+                raise AssertionError(f"negative KL {obj['kl']} for seed {s} at {self.step}")
+            lines.append(obj)
+            if obj["val_loss"] is not None and obj["val_loss"] < self.best_val[k]:
+                self.best_val[k], self.best_lines[k] = obj["val_loss"], obj
+                improved.append(k)
+        if improved:
+            cur = jax.device_get(self.params)
+            for b, c in zip(jax.tree.leaves(self.best_params), jax.tree.leaves(cur)):
+                b[improved] = np.asarray(c)[improved]
+        self.acc, self.since_eval = self.zero_acc(), 0
+        return lines, improved
+
+
+class RunChanged(FormalLMError):
+    """A run directory holds a run that another config, data or start produced."""
+
+
+def _diverged(lines: list[dict]) -> list[dict]:
+    return [m for m in lines if m["loss"] is None or m["val_loss"] is None]
+
+
+class _Files:
+    """The run directory: identity, metrics and checkpoints of one run."""
+
+    def __init__(self, run_dir: Path, identity: dict):
+        self.dir, self.identity = Path(run_dir), identity
+        self.cdir = self.dir / "checkpoints"
+        self.last, self.best = self.cdir / "last.msgpack", self.cdir / "best.msgpack"
+        self.metrics = self.dir / "metrics.jsonl"
+
+    def holds_run(self) -> bool:
+        return self.last.exists() or self.metrics.exists() or (self.dir / RUN_FILE).exists()
+
+    def check_same(self, meta: dict) -> None:
+        """Refuses to resume a run that a different config, data or start produced."""
+        stored = meta.get("identity", {})
+        changed = [k for k in self.identity if stored.get(k) != self.identity[k]]
+        if changed:
+            raise RunChanged(Problem(
+                f"{self.last} was written by a run with a different {' and '.join(changed)}",
+                "resume with the same config and data, or use a new run directory"))
+
+    def meta(self, run: _Run, extra: dict | None = None) -> dict:
+        return {"identity": self.identity, "step": run.step, "since_eval": run.since_eval,
+                "seeds": list(run.seeds), "vocab_size": run.data.vocab_size,
+                "optimal_loss": run.data.floor,
+                "best_val": [None if not np.isfinite(v) else float(v) for v in run.best_val],
+                "best_lines": run.best_lines, **(extra or {})}
+
+    def save_last(self, run: _Run) -> None:
+        ckpt.save(self.last, self.meta(run), {"params": run.params, "opt_state": run.opt_state,
+                                              "acc": run.acc, "best_params": run.best_params,
+                                              "rest": run.rest})
+
+    def save_best(self, run: _Run) -> None:
+        steps = [b and b["step"] for b in run.best_lines]
+        ckpt.save(self.best, self.meta(run, {"best_steps": steps}),
+                  {"params": run.best_params, "rest": run.rest})
+
+    def restore(self, run: _Run) -> list[str]:
+        """Loads the last checkpoint into ``run``; returns the metrics lines up to its step."""
+        meta, trees = ckpt.read(self.last)
+        self.check_same(meta)
+        run.step, run.since_eval = meta["step"], meta["since_eval"]
+        run.best_val = np.array([math.inf if v is None else v for v in meta["best_val"]])
+        run.best_lines = meta["best_lines"]
+        src = str(self.last)
+        run.params = run.shard(ckpt.restore(run.params, trees["params"], source=src))
+        run.opt_state = run.shard(ckpt.restore(run.opt_state, trees["opt_state"], source=src))
+        run.acc = run.shard(ckpt.restore(run.acc, trees["acc"], source=src))
+        run.best_params = jax.tree.map(np.array, ckpt.restore(run.best_params,
+                                                              trees["best_params"], source=src))
+        return _read_metrics(self.metrics, run.step)
+
+
+def identity(config: TrainConfig, data: TrainingData, init) -> dict:
+    """What defines a run: the config, the data, and the parameters it starts from."""
+    start = None if init is None else digest(*[a for _, a in sorted(ckpt.flatten(init).items())])
+    # as JSON reads it back (tuples become lists), so a stored identity compares equal
+    return json.loads(json.dumps({"config": config.to_dict(), "data": data.identity(),
+                                  "init": start}))
+
+
+def fit(config: TrainConfig, data: TrainingData, run_dir: str | Path, *, init=None,
+        resume: bool = False, progress: bool = True, mesh="auto",
+        callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Trains every seed of ``config`` on ``data``; writes metrics and checkpoints to run_dir.
+
+    Args:
+        config: the training config (its ``language`` and ``data`` are not read here: ``data``
+            supplies the batches).
+        data: the batches and the validation set.
+        run_dir: output directory (created). A directory that already holds a run needs
+            ``resume=True``.
+        init: parameters to start from, stacked over the seeds (an ``nnx.State`` with a leading
+            [K] axis, in ``config.seeds`` order); None starts from ``derive(seed, MODEL)``.
+        resume: continue from ``run_dir/checkpoints/last.msgpack`` when it exists (the result is
+            the same as an uninterrupted run); start afresh when it does not.
+        progress: show a progress bar.
+        mesh: a jax Mesh with axis "seeds" (and optionally "rows"), None, or "auto"
+            (:func:`programs.default_mesh` over the local devices when there are several).
+        callbacks: :class:`Callback` hooks.
+    """
+    t0 = time.perf_counter()
+    check_max_len(config, data.max_tokens)
+    files = _Files(run_dir, identity(config, data, init))
+    if not resume and files.holds_run():
+        raise FormalLMError(Problem(f"run_dir={str(run_dir)!r} already holds a run",
+                                    "pass resume=True (--resume) or use a new directory"))
+    files.cdir.mkdir(parents=True, exist_ok=True)
+    ckpt.clean_temporary(files.cdir)
+    if mesh == "auto":
+        mesh = default_mesh(len(config.seeds), rows=config.model == "transformer")
+    run = _Run(config, data, init, mesh)
+    lines = files.restore(run) if resume and files.last.exists() else []
+    (files.dir / RUN_FILE).write_text(json.dumps(files.identity, indent=1))
+    for name, text in data.files().items():
+        (files.dir / name).write_text(text)
+    files.metrics.write_text("".join(line + "\n" for line in lines))
+    final: list[dict | None] = [None] * len(config.seeds)
+    for line in lines[-len(config.seeds):]:
+        obj = json.loads(line)
+        if obj["seed"] in config.seeds:
+            final[config.seeds.index(obj["seed"])] = obj
+    hooks = list(callbacks)
+    bar = ProgressBar(config.steps, run.step, data.floor) if progress else None
+    hooks += [bar] if bar else []
+    seen_T: set[int] = set()
+    compiles_before = run.step_fn._cache_size()
+    try:
+        final = _loop(run, files, hooks, seen_T, final)
+    finally:
+        if bar:
+            bar.close()
+    if not files.best.exists():
+        files.save_best(run)
+    return TrainResult(files.dir, config.seeds, run.step, final, run.best_lines, files.last,
+                       files.best, data.floor, time.perf_counter() - t0,
+                       run.step_fn._cache_size() - compiles_before, tuple(sorted(seen_T)))
+
+
+def _loop(run: _Run, files: _Files, hooks, seen_T: set, final: list) -> list:
+    config = run.config
+    with open(files.metrics, "a") as mf:
+        while run.step < config.steps:
+            seen_T.add(run.train_step(run.step))
+            for h in hooks:
+                h.on_step(run.step)
+            if run.step % config.eval_every == 0 or run.step == config.steps:
+                lines, improved = run.evaluate()
+                mf.write("".join(json.dumps(m) + "\n" for m in lines))
+                mf.flush()
+                final = lines
+                if bad := _diverged(lines):
+                    raise FormalLMError(Problem(
+                        f"training diverged: seed(s) {[m['seed'] for m in bad]} have a "
+                        f"non-finite loss at step {run.step}",
+                        "lower optimizer.lr or raise optimizer.grad_clip's effect (a smaller "
+                        "grad_clip), then train into a new run directory"))
+                if improved:
+                    files.save_best(run)
+                for h in hooks:
+                    h.on_eval(run.step, lines)
+            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
+                files.save_last(run)
+                for h in hooks:
+                    h.on_checkpoint(run.step, files.last)
+    return final

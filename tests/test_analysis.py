@@ -11,23 +11,36 @@ from scipy import stats
 import formal_lm as fl
 
 from formal_lm.analysis import (
+    FunctionPredictor,
+    IncrementalPredictor,
+    JaxModel,
+    Measure,
     NGramModel,
+    Predictor,
+    as_predictor,
+    call_model,
+    compare_groups,
     complete,
     constant_model_fn,
     eos_model_fn,
     exact_model_fn,
     length_generalization,
     next_symbol_sets,
-    non_identifiability,
     permutation_test,
+    prompt_set,
     rule_extrapolation,
     saturation,
     target_mask,
+    token_kl,
 )
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.metrics import PositionScores
+from formal_lm.analysis.saturation import kl_and_nll
 from formal_lm.errors import FormalLMError
 from formal_lm.language import Language, LengthStats
 from formal_lm.rules import Balanced, CountEqual, Pattern
-from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID
+from formal_lm.seeding import Stream, derive, rng
+from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID
 
 
 class AnBn(Language):
@@ -153,9 +166,70 @@ class Dyck1(Language):
         return LengthStats(prob, None, None, 0.0)
 
 
+class RecordingAnBn(AnBn):
+    """AnBn that records every ``sample`` call as (n, seed, length): which stream an analyzer
+    drew its strings from."""
+
+    def __init__(self, N: int = 32):
+        super().__init__(N)
+        self.calls = []
+
+    def sample(self, n, *, seed=0, length=None):
+        self.calls.append((n, seed, length))
+        return super().sample(n, seed=seed, length=length)
+
+
 @pytest.fixture(scope="module")
 def anbn():
     return AnBn(32)
+
+
+def exact_row(lang, prefix) -> np.ndarray:
+    """p(. | prefix) [V] from the per-prefix ``Language.next_token_dist`` (not the batched
+    table the analyzers use)."""
+    p = np.zeros(lang.vocab.size)
+    for tok, pr in lang.next_token_dist(prefix).items():
+        p[lang.vocab.tokens.index(tok)] = pr
+    return p
+
+
+def uniform_kl_of_string(lang, s) -> float:
+    """Summed KL(p || uniform over V) over the len(s) + 1 targets of s: ln V - H(p) each."""
+    V = lang.vocab.size
+    return sum(np.log(V) + sum(p * np.log(p) for p in lang.next_token_dist(s[:t]).values()
+                               if p > 0) for t in range(len(s) + 1))
+
+
+UNITS = {"fraction", "count", "flag", "nats/token", "nats/string"}  # what reports know
+
+
+def check_measures(result) -> dict[str, Measure]:
+    """Every measure of an analyzer result is well typed; returns them by name."""
+    ms = result.measures()
+    assert isinstance(ms, tuple) and ms and all(isinstance(m, Measure) for m in ms)
+    names = [m.name for m in ms]
+    assert len(set(names)) == len(names), names
+    for m in ms:
+        assert m.scope in M.SCOPES and m.unit in UNITS and m.description.strip(), m
+        v = m.value
+        assert v is None or (isinstance(v, float) and math.isfinite(v)), m
+        if m.unit == "fraction":  # a percentage: a share in [0, 1], higher is better
+            assert m.percent and m.higher_is_better is True, m
+            assert v is None or 0.0 <= v <= 1.0, m
+            assert m.formatted().endswith("%") or v is None
+        elif m.unit == "count":
+            assert m.scope == M.REFERENCE and m.higher_is_better is None, m
+            assert v is not None and v >= 0 and v == int(v), m
+        elif m.unit == "flag":
+            assert m.higher_is_better is None and v in (0.0, 1.0), m
+        else:  # nats: losses and divergences are lower-is-better; floors have no direction
+            assert m.higher_is_better is (None if m.scope == M.REFERENCE else False), m
+            if m.name != "excess_loss":  # a difference of two losses may be negative
+                assert v is None or v >= 0, m
+        if m.tested:  # group comparisons test behaviours, not counts, flags or floors
+            assert m.scope != M.REFERENCE and m.unit not in ("count", "flag"), m
+            assert m.higher_is_better is not None, m
+    return {m.name: m for m in ms}
 
 
 def minority_then_eos(lang):
@@ -187,20 +261,161 @@ def test_target_mask_excludes_pad_and_after_eos():
     assert target_mask(ids).tolist() == [[True, True, True, False, False, False]]
 
 
+def test_token_kl_matches_scipy():
+    rng_ = np.random.default_rng(0)
+    p = rng_.dirichlet(np.ones(5), size=4)
+    p[0, [1, 3]] = 0.0
+    p[0] /= p[0].sum()
+    q = rng_.dirichlet(np.ones(5), size=4)
+    got = token_kl(np.vstack([p, np.zeros(5)]), np.log(np.vstack([q, q[:1]])))
+    assert got[:4] == pytest.approx([stats.entropy(a, b) for a, b in zip(p, q)], rel=1e-12)
+    assert got[4] == 0.0  # a row with no exact distribution
+
+
+# ---------------------------------------------------------------------------------- predictors
+def test_as_predictor_wraps_what_it_is_given(anbn):
+    from formal_lm.models import make
+    V = anbn.vocab.size
+
+    def fn(ids):
+        return np.zeros(np.shape(ids) + (V,))
+    p = as_predictor(fn)
+    assert isinstance(p, FunctionPredictor) and isinstance(p, Predictor) and p.max_len is None
+    assert not isinstance(p, IncrementalPredictor)
+    assert as_predictor(fn, max_len=12).max_len == 12
+    assert as_predictor(p) is p
+    ng = NGramModel(2).fit(["ab"], anbn.vocab)
+    assert as_predictor(ng) is ng and ng.max_len is None
+    for baseline in (exact_model_fn(anbn), eos_model_fn(anbn), constant_model_fn(V, 3)):
+        assert isinstance(baseline, FunctionPredictor)  # and still called like a function:
+        assert np.shape(baseline(anbn.vocab.batch(["ab"]))) == (1, 4, V)
+    # A flax model: its max_len is the config's (a learned position table), or None.
+    tf = as_predictor(make("transformer", vocab_size=V, seed=0, d_model=8, n_heads=2, d_ff=16,
+                           n_layers=1, max_len=40))
+    assert isinstance(tf, JaxModel) and isinstance(tf, IncrementalPredictor) and tf.max_len == 40
+    assert as_predictor(tf) is tf
+    lstm = as_predictor(make("lstm", vocab_size=V, seed=0))
+    assert isinstance(lstm, JaxModel) and lstm.max_len is None
+    with pytest.raises(FormalLMError, match="needs a seed"):
+        as_predictor("some/run/dir")
+    with pytest.raises(FormalLMError, match="int is not a predictor"):
+        as_predictor(3)
+
+
+def test_call_model_pads_to_buckets_but_not_past_max_len():
+    """Rows are padded to a power of two (at most batch_size), columns to a multiple of 32 but
+    never past the predictor's max_len; the logits read back are those of the unpadded ids."""
+    V = 4
+    seen = []
+
+    def causal(ids):  # logits at t depend on ids[:, :t+1] only
+        ids = np.asarray(ids)
+        seen.append(ids.shape)
+        c = np.cumsum(ids, axis=1)
+        return np.stack([c * (k + 1.0) for k in range(V)], axis=-1)
+
+    ids = np.random.default_rng(0).integers(3, 5, size=(5, 7)).astype(np.int32)
+    ids[:, 0] = BOS_ID
+    want = causal(ids)
+    seen.clear()
+    np.testing.assert_array_equal(call_model(causal, ids), want)
+    assert seen == [(8, 32)]
+    seen.clear()
+    np.testing.assert_array_equal(call_model(FunctionPredictor(causal, max_len=10), ids,
+                                             batch_size=2), want)
+    assert seen == [(2, 10)] * 3
+    seen.clear()
+    long = np.full((1, 12), 3, np.int32)  # longer than max_len: passed on as it is
+    call_model(FunctionPredictor(causal, max_len=10), long)
+    assert seen == [(1, 12)]
+    with pytest.raises(FormalLMError, match="logits of shape"):
+        call_model(lambda x: np.zeros((len(x), 1, V)), ids)
+
+
+def test_jax_model_max_len_bounds_the_padding(anbn):
+    """A Transformer with a 40-row learned position table: a 35-column batch is padded to 40
+    (not 64, which it would reject), and its logits equal those of the unpadded call."""
+    from formal_lm.models import make
+    module = make("transformer", vocab_size=anbn.vocab.size, seed=1, d_model=8, n_heads=2,
+                  d_ff=16, n_layers=1, max_len=40)
+    ids = anbn.vocab.batch([("a",) * 16 + ("b",) * 16, ("a", "b")])  # [2, 34]
+    ids = np.concatenate([ids, np.zeros((2, 1), ids.dtype)], axis=1)  # [2, 35]
+    got = call_model(module, ids)
+    np.testing.assert_allclose(got, np.asarray(module(ids)), rtol=1e-5, atol=1e-5)
+
+
+def test_call_model_rejects_logits_without_a_vocabulary_axis():
+    with pytest.raises(FormalLMError, match="logits of shape"):
+        call_model(lambda ids: np.zeros(np.shape(ids)), np.ones((2, 3), np.int32))
+
+
+def test_complete_rejects_logits_without_a_vocabulary_axis(anbn):
+    with pytest.raises(FormalLMError, match="logits"):
+        complete(lambda ids: np.zeros(np.shape(ids)), anbn, ["ab"], max_new_tokens=3)
+
+
+# ---------------------------------------------------------------------------------- measures
+def test_measure_values_and_formatting():
+    m = Measure("kl", 0.01, "nats/token", False, M.IN_DISTRIBUTION, "exact KL")
+    assert m.formatted() == "0.01" and not m.percent
+    f = M.fraction("acc", 0.275, M.OUT_OF_DISTRIBUTION, "a share")
+    assert f.percent and f.higher_is_better is True and f.formatted() == "27.5%"
+    for bad in (math.nan, math.inf, -math.inf, None):  # undefined numbers are None
+        u = Measure("x", bad, "count", None, M.REFERENCE, "d")
+        assert u.value is None and u.formatted() == "–"
+    c = M.count("n", 3, "items")
+    assert c.value == 3.0 and isinstance(c.value, float) and c.scope == M.REFERENCE
+    with pytest.raises(ValueError, match="scope"):
+        Measure("x", 1.0, "count", None, "test set", "d")
+
+
+def test_saturation_measures(anbn):
+    uniform = constant_model_fn(anbn.vocab.size, EOS_ID, margin=0.0)
+    r = saturation(uniform, anbn, n=16, seed=2)
+    ms = check_measures(r)
+    assert {k: m.value for k, m in ms.items()} == {
+        "kl": r.kl_per_token, "cross_entropy": r.cross_entropy, "excess_loss": r.excess_loss,
+        "sample_entropy": r.sample_entropy, "loss_floor": r.loss_floor, "saturated": 0.0,
+        "n_tokens": float(r.n_tokens)}
+    assert {k for k, m in ms.items() if m.headline} == {"kl", "cross_entropy"}
+    assert ms["loss_floor"].scope == ms["sample_entropy"].scope == M.REFERENCE
+    # Uniform over V = 5 tokens: the NLL of every target is ln 5.
+    assert r.cross_entropy == pytest.approx(math.log(5))
+    exact = check_measures(saturation(exact_model_fn(anbn), anbn, n=16, seed=2))
+    assert exact["saturated"].value == 1.0
+
+
 # ---------------------------------------------------------------------------------- saturation
 def test_exact_model_is_saturated(anbn):
     r = saturation(exact_model_fn(anbn), anbn, n=64, seed=1, threshold=1e-6)
     assert r.saturated and 0 <= r.kl_per_token < 1e-6
     assert r.cross_entropy == pytest.approx(r.sample_entropy, abs=1e-6)
     assert r.loss_floor == pytest.approx(math.log(32) / 34)  # E|s| + 1 = 33 + 1 tokens
+    # The held-out strings come from the SATURATION stream of the seed; every string of
+    # a^n b^n (n uniform in 1..32) has probability 1/32.
+    strings = anbn.sample(64, seed=derive(1, Stream.SATURATION))
+    assert r.n_strings == 64 and r.n_tokens == sum(len(s) + 1 for s in strings)
+    assert r.sample_entropy == pytest.approx(64 * math.log(32) / r.n_tokens, rel=1e-12)
+
+
+def test_saturation_samples_come_from_the_saturation_stream():
+    lang = RecordingAnBn(32)
+    uniform = constant_model_fn(lang.vocab.size, EOS_ID, margin=0.0)
+    r = saturation(uniform, lang, n=16, seed=5)
+    assert lang.calls == [(16, derive(5, Stream.SATURATION), None)]
+    strings = AnBn(32).sample(16, seed=derive(5, Stream.SATURATION))
+    assert r == saturation(uniform, lang, strings=strings)
+    assert r.kl_per_token == pytest.approx(
+        sum(uniform_kl_of_string(lang, s) for s in strings) / sum(len(s) + 1 for s in strings))
 
 
 def test_kl_is_positive_and_pad_independent(anbn):
     """A wrong model has KL > 0, and the figure does not depend on how far rows are padded."""
     uniform = constant_model_fn(anbn.vocab.size, EOS_ID, margin=0.0)
     strings = anbn.sample(16, seed=2)
+    longest = ("a",) * 32 + ("b",) * 32
     r = saturation(uniform, anbn, strings=strings)
-    r2 = saturation(uniform, anbn, strings=strings + [("a",) * 32 + ("b",) * 32])
+    r2 = saturation(uniform, anbn, strings=strings + [longest])
     assert r.kl_per_token > 0.1 and not r.saturated
     # Per real token: uniform over 5 tokens vs the exact rows, computed by hand.
     ids = anbn.vocab.batch(strings)
@@ -211,6 +426,37 @@ def test_kl_is_positive_and_pad_independent(anbn):
              for row in p[m])
     assert r.kl_per_token == pytest.approx(kl / m.sum())
     assert r2.n_tokens == r.n_tokens + 65
+    # The 16 strings padded to 66 columns score what they scored padded to their own length.
+    extra = uniform_kl_of_string(anbn, longest)
+    assert r2.kl_per_token * r2.n_tokens == pytest.approx(r.kl_per_token * r.n_tokens + extra)
+
+
+def test_kl_and_nll_match_a_per_prefix_reference(anbn):
+    """kl_and_nll returns PositionScores: KL, model NLL and exact NLL of the observed target at
+    each real target position (zero elsewhere), against per-prefix rows and scipy's KL."""
+    V = anbn.vocab.size
+    table = np.random.default_rng(1).normal(size=(64, V))  # position-dependent logits
+    model = FunctionPredictor(lambda ids: np.broadcast_to(table[: np.shape(ids)[1]],
+                                                          np.shape(ids) + (V,)))
+    strings = [("a", "b"), ("a",) * 5 + ("b",) * 5, ("a", "a", "b", "b")]
+    ids = anbn.vocab.batch(strings)
+    sc = kl_and_nll(model, anbn, ids)
+    assert isinstance(sc, PositionScores) and sc.n_tokens == sum(len(s) + 1 for s in strings)
+    for b, s in enumerate(strings):
+        targets = list(s) + [EOS]
+        for t in range(ids.shape[1]):
+            if t > len(s):  # PAD targets, after EOS, the last column
+                assert not sc.mask[b, t]
+                assert sc.kl[b, t] == sc.nll[b, t] == sc.true_nll[b, t] == 0.0
+                continue
+            q = np.exp(table[t] - table[t].max())
+            q /= q.sum()
+            p = exact_row(anbn, s[:t])
+            k = anbn.vocab.tokens.index(targets[t])
+            assert sc.mask[b, t]
+            assert sc.kl[b, t] == pytest.approx(stats.entropy(p, q), rel=1e-9)
+            assert sc.nll[b, t] == pytest.approx(-np.log(q[k]), rel=1e-9)
+            assert sc.true_nll[b, t] == pytest.approx(-np.log(p[k]), rel=1e-9, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------- completions
@@ -283,8 +529,9 @@ def test_jax_model_is_jitted_and_matches_numpy(anbn):
         tok = jnp.where(na > nb, b, jnp.where(nb > na, a, EOS_ID))
         return jnp.where(jnp.arange(anbn.vocab.size) == tok[..., None], 10.0, -10.0)
     prompts = ["abab", "bbba", "a"]
-    assert complete(jax_fn, anbn, prompts, max_new_tokens=8, jit=True) == \
-        complete(np_fn, anbn, prompts, max_new_tokens=8)
+    jitted = complete(jax_fn, anbn, prompts, max_new_tokens=8, jit=True)
+    assert jitted == complete(np_fn, anbn, prompts, max_new_tokens=8)
+    assert jitted.completions == ((), ("a", "a"), ("b",)) and all(jitted.finished)
 
 
 @pytest.mark.parametrize("name", ["transformer", "lstm"])
@@ -310,6 +557,30 @@ def test_incremental_decoding_matches_full_recompute(anbn, name):
     one = complete(model, anbn, prompts, max_new_tokens=12, decoding="sample", seed=1,
                    batch_size=1)
     assert one.completions == inc.completions
+
+
+def test_sampled_decoding_draws_from_the_decode_stream(anbn):
+    """Row i's j-th new token is the inverse CDF, over EOS and the symbols, of the uniform
+    rng(seed, Stream.DECODE).random((N, max_new_tokens))[i, j]."""
+    V = anbn.vocab.size
+    logits = np.array([5.0, 5.0, 0.0, np.log(2.0), np.log(3.0)])  # EOS, a, b: 1/6, 2/6, 3/6
+    fn = FunctionPredictor(lambda ids: np.broadcast_to(logits, np.shape(ids) + (V,)))
+    N, K, seed = 200, 3, 11
+    c = complete(fn, anbn, ["ab"] * N, max_new_tokens=K, decoding="sample", seed=seed)
+
+    def expected(u):
+        out = []
+        for x in u:
+            tok = EOS if x < 1 / 6 else "a" if x < 1 / 2 else "b"
+            if tok == EOS:
+                return tuple(out), True
+            out.append(tok)
+        return tuple(out), False
+
+    want = [expected(u) for u in rng(seed, Stream.DECODE).random((N, K))]
+    assert list(zip(c.completions, c.finished)) == want
+    old = [expected(u) for u in np.random.default_rng(seed).random((N, K))]
+    assert want != old  # the test tells the streams apart
 
 
 def test_bad_decoding_is_rejected(anbn):
@@ -346,7 +617,24 @@ def test_minority_model_gets_all_of_r1(anbn):
     assert {c.broken for c in r.model.classes} == {(), ("R2",)}
     assert sum(c.n_prompts for c in r.model.classes) == 251
     assert all(c.rule_accuracy["R1"] == 1.0 and c.finish_rate == 1.0 for c in r.model.classes)
-    assert r.ngram_baseline is not None and 0 <= r.ngram_baseline.headline <= 1
+    # A bigram model cannot count: after 'a' its argmax is 'a' (n - 1 a->a transitions per
+    # string against one a->b), after 'b' it is 'b' (n - 1 against one b->EOS), so its greedy
+    # completions repeat the prompt's last symbol and never end.
+    ng = r.ngram_baseline
+    assert ng.headline == 0.0 and ng.finish_rate == 0.0 and ng.id_finish_rate == 0.0
+    assert all(c == (p[-1],) * 16 for p, c in zip(ng.completions.prompts,
+                                                  ng.completions.completions))
+
+
+def test_ngram_baseline_trains_on_the_ngram_stream():
+    lang = RecordingAnBn(32)
+    rule_extrapolation(eos_model_fn(lang), lang, prompt_length=3, max_new_tokens=2, ngram_n=2,
+                       ngram_train=50, seed=4)
+    assert lang.calls == [(50, derive(4, Stream.NGRAM), None)]
+    lang.calls.clear()
+    rule_extrapolation(eos_model_fn(lang), lang, prompt_length=3, max_new_tokens=2, ngram_n=2,
+                       train_strings=[("a", "b")], seed=4)
+    assert lang.calls == []  # given training strings: nothing sampled
 
 
 def test_unfinished_completions_count_as_failures(anbn):
@@ -354,6 +642,9 @@ def test_unfinished_completions_count_as_failures(anbn):
     r = rule_extrapolation(always_b, anbn, prompt_length=4, max_new_tokens=3, ngram_n=None)
     assert r.model.finish_rate == 0.0 and r.model.headline == 0.0
     assert math.isnan(r.model.headline_finished)
+    ms = check_measures(r)
+    assert ms["ood_R1_finished"].value is None  # undefined, not 0: nothing finished
+    assert ms["ood_R1"].value == 0.0 and ms["ood_finish_rate"].value == 0.0
 
 
 def test_prompt_labels_break_the_rules_they_name(anbn):
@@ -366,6 +657,50 @@ def test_prompt_labels_break_the_rules_they_name(anbn):
             assert not anbn.is_viable(p)
     labels = [c.broken for c in r.model.classes]
     assert ("R2",) in labels
+
+
+def test_rule_extrapolation_measures(anbn):
+    r = rule_extrapolation(eos_model_fn(anbn), anbn, prompt_length=8, max_new_tokens=4,
+                           ngram_n=None)
+    ms = check_measures(r)
+    head = ms[f"ood_{r.model.headline_rule}"]
+    assert head.name == "ood_R1" and head.value == r.model.headline
+    assert head.headline and head.tested and head.scope == M.OUT_OF_DISTRIBUTION
+    assert head.formatted() == "27.5%"
+    assert [m.name for m in ms.values() if m.tested] == ["ood_R1"]
+    assert ms["ood_finish_rate"].value == 1.0 and ms["n_ood"].value == 251
+    # Emitting EOS at once completes an in-distribution prompt into the language only when the
+    # prompt is a string already: aaaabbbb, one of the 5 viable prompts of length 8.
+    assert ms["id_accuracy"].value == pytest.approx(1 / 5)
+    assert ms["id_accuracy"].scope == ms["id_finish_rate"].scope == M.IN_DISTRIBUTION
+    # Per class, counted without the package: prompts breaking R2 contain "ba"; the others
+    # (a^i b^j with j > i) keep a*b* but never #a = #b.
+    ood = [p for p in itertools.product("ab", repeat=8) if "ba" in "".join(p)]
+    assert ms["ood[R2]_R1"].value == pytest.approx(
+        sum(p.count("a") == p.count("b") for p in ood) / len(ood))
+    assert ms["ood[none]_R1"].value == 0.0 and ms["ood[none]_R2"].value == 1.0
+    assert "ood[R2]_R2" not in ms  # a broken rule is not scored
+    assert check_measures(r.eos_baseline)["ood_R1"].value == head.value
+
+
+def test_sampled_prompts_are_distinct_uniform_and_seeded(anbn):
+    prompts, enumerated = prompt_set(anbn, 20, max_prompts=300, seed=3)
+    assert not enumerated and len(prompts) == 300 == len(set(prompts))
+    assert all(len(p) == 20 and set(p) <= {"a", "b"} for p in prompts)
+    assert prompts == sorted(prompts)
+    for i in (0, 10, 19):  # uniform over {a,b}^20: 'b' at each place w.p. 1/2 (sd 8.7 of 300)
+        assert 100 <= sum(p[i] == "b" for p in prompts) <= 200
+    # The codes are 300 distinct draws of the PROMPTS stream, written in base 2 (a = 0, b = 1).
+    codes = rng(3, Stream.PROMPTS).choice(2 ** 20, size=300, replace=False)
+    assert prompts == sorted(tuple("ab"[int(d)] for d in format(int(c), "020b")) for c in codes)
+    assert prompt_set(anbn, 20, max_prompts=300, seed=3) == (prompts, False)
+    assert prompt_set(anbn, 20, max_prompts=300, seed=4)[0] != prompts
+
+
+def test_sampled_prompts_are_uniform_for_huge_prompt_spaces(anbn):
+    prompts, enumerated = prompt_set(anbn, 64, max_prompts=200, seed=0)
+    assert not enumerated and len(set(prompts)) == 200
+    assert 50 <= sum(p[0] == "b" for p in prompts) <= 150  # Binomial(200, 1/2): > 7 sd
 
 
 def test_ngram_model_probabilities():
@@ -387,6 +722,25 @@ def test_next_symbol_sets_exact_model(anbn):
     assert r.in_distribution.n_strings + r.out_of_distribution.n_strings == 32
 
 
+def test_next_symbol_measures(anbn):
+    strings = anbn.sample(32, seed=3)
+    n_short = sum(len(s) <= 20 for s in strings)
+    assert 0 < n_short < 32
+    r = next_symbol_sets(exact_model_fn(anbn), anbn, strings, threshold=0.01, train_max_length=20)
+    ms = check_measures(r)
+    assert set(ms) == {"nss_per_string", "nss_per_position", "nss_per_string_longer",
+                       "nss_per_position_longer"}
+    assert ms["nss_per_string"].headline and not ms["nss_per_string_longer"].headline
+    assert ms["nss_per_string"].scope == ms["nss_per_position"].scope == M.IN_DISTRIBUTION
+    assert ms["nss_per_string_longer"].scope == M.OUT_OF_DISTRIBUTION
+    assert r.in_distribution.n_strings == n_short
+    assert all(m.value == 1.0 for m in ms.values())
+    uniform = constant_model_fn(anbn.vocab.size, EOS_ID, margin=0.0)
+    ms = check_measures(next_symbol_sets(uniform, anbn, strings, threshold=0.1))
+    assert set(ms) == {"nss_per_string", "nss_per_position"}  # no training length: no OOD group
+    assert ms["nss_per_string"].value == ms["nss_per_position"].value == 0.0
+
+
 def test_next_symbol_sets_wrong_model(anbn):
     # Always predicting {a, b, EOS}: right only where all three are legal -- never in a^n b^n.
     uniform = constant_model_fn(anbn.vocab.size, EOS_ID, margin=0.0)
@@ -404,6 +758,35 @@ def test_length_generalization_exact_model(anbn):
     assert r.depth_bins == ()
 
 
+def test_length_bins_draw_from_the_length_stream():
+    lang = RecordingAnBn(8)  # strings of every even length 2..16
+    length_generalization(exact_model_fn(lang), lang, train_max_length=6,
+                          test_lengths=range(7, 17), per_bin=3, bins=[(1, 6), (7, 16)], seed=5)
+    pick = rng(5, Stream.LENGTH)
+    want = []
+    for Ls in ([2, 4, 6], [8, 10, 12, 14, 16]):
+        picks = sorted(int(x) for x in pick.choice(Ls, size=3, replace=len(Ls) < 3))
+        want += [(1, derive(5, Stream.LENGTH, L, k), L) for k, L in enumerate(picks)]
+    assert lang.calls == want
+
+
+def test_length_generalization_measures():
+    lang = Dyck1()
+    r = length_generalization(exact_model_fn(lang), lang, train_max_length=8,
+                              test_lengths=range(9, 17), per_bin=6, bins=[(1, 8), (9, 16)])
+    ms = check_measures(r)
+    assert r.depth_bins and len(ms) == 2 * (len(r.length_bins) + len(r.depth_bins))
+    for kind, bins in (("len", r.length_bins), ("depth", r.depth_bins)):
+        for b in bins:
+            acc, kl = ms[f"{kind}[{b.lo}-{b.hi}]_set_acc"], ms[f"{kind}[{b.lo}-{b.hi}]_kl"]
+            assert acc.value == b.set_accuracy_per_string == 1.0
+            assert kl.value == pytest.approx(b.kl_per_token) and kl.unit == "nats/token"
+            scope = M.IN_DISTRIBUTION if b.in_training_range else M.OUT_OF_DISTRIBUTION
+            assert acc.scope == kl.scope == scope
+    assert ms["len[1-8]_kl"].scope == M.IN_DISTRIBUTION
+    assert ms["len[9-16]_kl"].scope == M.OUT_OF_DISTRIBUTION
+
+
 def test_length_generalization_depth_bins():
     lang = Dyck1()
     r = length_generalization(exact_model_fn(lang), lang, train_max_length=8,
@@ -411,35 +794,71 @@ def test_length_generalization_depth_bins():
     assert r.depth_bins and all(b.set_accuracy_per_position == 1.0 for b in r.depth_bins)
 
 
-# ---------------------------------------------------------------------------- non-identifiability
-def test_non_identifiability_detects_equal_loss_different_ood():
+# ---------------------------------------------------------------------------- group comparison
+# compare_groups replaces non_identifiability: {group: {metric: per-seed values}}, a required
+# margin, and "the same loss" shown by TOST at that margin (not CI overlap or a tolerance).
+def test_compare_groups_detects_equal_loss_different_ood():
     groups = {
-        "normal": [{"seed": i, "kl": 0.010 + 0.001 * (i % 3), "ood_R1": 0.4 + 0.01 * i} for i in range(8)],
-        "extrapolation": [{"seed": i, "kl": 0.011 + 0.001 * (i % 2), "ood_R1": 0.85 - 0.01 * i}
-                          for i in range(8)],
-        "adversarial": [{"seed": i, "kl": 0.5, "ood_R1": 0.0} for i in range(8)],
+        "normal": {"kl": [0.010 + 0.001 * (i % 3) for i in range(8)],
+                   "ood_R1": [0.4 + 0.01 * i for i in range(8)]},
+        "extrapolation": {"kl": [0.011 + 0.001 * (i % 2) for i in range(8)],
+                          "ood_R1": [0.85 - 0.01 * i for i in range(8)]},
+        "adversarial": {"kl": [0.5] * 8, "ood_R1": [0.0] * 8},
     }
-    r = non_identifiability(groups, loss_metric="kl", percent_metrics=("ood_R1",))
-    assert r.found and r.ood_metrics == ("ood_R1",)
-    assert "'normal' and 'extrapolation' are indistinguishable in kl" in r.statement
-    assert "adversarial" not in r.statement  # its loss differs
+    r = compare_groups(groups, loss_metric="kl", ood_metrics=["ood_R1"], margin=0.002,
+                       percent_metrics=("ood_R1",))
+    assert r.found and r.ood_metrics == ("ood_R1",) and r.margin == 0.002
+    found = r.statement.split("Same kl, different behaviour is found for ")[1].split(". ")[0]
+    assert found == "'normal' vs 'extrapolation'"  # not the adversarial group: its loss differs
+    for other in ("normal", "extrapolation"):
+        q = r.pair(other, "adversarial")
+        assert q.verdict == "loss_not_equivalent" and not q.finding and not q.loss_equivalent
     s = r.summary("adversarial", "ood_R1")
     assert s.mean == 0.0 and s.std == 0.0 and s.ci_low == s.ci_high == 0.0
-    pair = next(p for p in r.pairs if {p.a, p.b} == {"normal", "extrapolation"})
-    assert pair.loss_equivalent and pair.ood[0].permutation_p < 0.01
+    pair = r.pair("normal", "extrapolation")
+    assert pair.verdict == "finding" and pair.loss_equivalent and pair.differing == ("ood_R1",)
+    # The 90% Welch interval of the kl difference (scipy) lies inside the margin ...
+    ci = stats.ttest_ind(groups["normal"]["kl"], groups["extrapolation"]["kl"],
+                         equal_var=False).confidence_interval(0.90)
+    assert -0.002 < ci.low < ci.high < 0.002
+    assert (pair.loss.ci_low, pair.loss.ci_high) == pytest.approx((ci.low, ci.high))
+    # ... and the OOD values are fully separated: of the C(16, 8) relabellings only the two
+    # extreme ones are as far apart.
+    assert pair.ood[0].permutation_p == pytest.approx(2 / math.comb(16, 8))
+    assert pair.ood[0].permutation_p < 0.01
 
 
-def test_non_identifiability_is_seeded_and_reports_absence():
-    groups = {"x": [{"kl": 0.1, "m": 0.5}, {"kl": 0.1, "m": 0.6}],
-              "y": [{"kl": 0.1, "m": 0.55}, {"kl": 0.1, "m": 0.5}]}
-    r1 = non_identifiability(groups, seed=3)
-    assert r1 == non_identifiability(groups, seed=3)
-    assert not r1.found and r1.statement.startswith("No pair")
+def test_compare_groups_is_seeded_and_reports_absence():
+    # 10 vs 10 seeds: C(20, 10) relabellings are too many to enumerate, so p is sampled.
+    z = np.linspace(-1.0, 1.0, 10)
+    groups = {"x": {"kl": 0.1 + 0.001 * z, "m": 0.5 + 0.1 * z},
+              "y": {"kl": 0.1 + 0.001 * z[::-1], "m": 0.52 + 0.1 * z[::-1]}}
+
+    def run(seed):
+        return compare_groups(groups, loss_metric="kl", ood_metrics=["m"], margin=0.001,
+                              seed=seed)
+    r1 = run(3)
+    assert r1 == run(3)
+    p1 = r1.pairs[0].ood[0].permutation_p
+    assert p1 == permutation_test(groups["x"]["m"], groups["y"]["m"], seed=3)
+    assert run(4).pairs[0].ood[0].permutation_p != p1  # the seed is used
+    assert not r1.found and r1.pairs[0].verdict == "no_ood_difference"
+    assert "No pair of groups is shown to have the same kl and different behaviour." in \
+        r1.statement
 
 
-def test_non_identifiability_rejects_missing_loss():
-    with pytest.raises(FormalLMError, match="loss_metric='kl'"):
-        non_identifiability({"g": [{"ood": 1.0}]})
+def test_compare_groups_rejects_missing_loss_and_the_old_call():
+    with pytest.raises(FormalLMError, match="lacks metric 'kl'"):
+        compare_groups({"g": {"ood": [1.0, 2.0]}, "h": {"ood": [1.0, 2.0]}}, loss_metric="kl",
+                       ood_metrics=["ood"], margin=0.1)
+    with pytest.raises(FormalLMError, match="is a list, not a mapping"):  # the old records
+        compare_groups({"g": [{"kl": 1.0, "ood": 1.0}], "h": [{"kl": 1.0, "ood": 1.0}]},
+                       loss_metric="kl", ood_metrics=["ood"], margin=0.1)
+    groups = {g: {"kl": [1.0, 2.0], "ood": [1.0, 2.0]} for g in ("g", "h")}
+    with pytest.raises(TypeError, match="margin"):  # no default margin, no tolerance
+        compare_groups(groups, loss_metric="kl", ood_metrics=["ood"])
+    with pytest.raises(TypeError, match="ood_metrics"):  # OOD metrics are not auto-detected
+        compare_groups(groups, loss_metric="kl", margin=0.1)
 
 
 def test_permutation_test_exact():

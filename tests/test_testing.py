@@ -15,6 +15,7 @@ import formal_lm as fl
 import formal_lm.testing as flt
 from formal_lm.analysis import constant_model_fn, eos_model_fn, exact_model_fn
 from formal_lm.language import enumerate_strings
+from formal_lm.seeding import Stream, rng
 from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID
 
 FAST = settings(max_examples=25, deadline=None, database=None,
@@ -337,15 +338,55 @@ def test_assertion_arguments_are_checked():
         flt.assert_next_token_sets(model, lang, threshold=2)
 
 
-def test_greedy_decoder_matches_the_batched_one():
+def test_assertions_reject_logits_without_a_vocabulary_axis():
+    lang = fl.load("anbn-short")
+
+    def flat(ids):  # [B, T]: the vocabulary axis is missing
+        return np.zeros(np.shape(ids))
+
+    for run in (lambda: flt.assert_next_token_sets(flat, lang, max_examples=5),
+                lambda: flt.assert_close_to_language(flat, lang, max_examples=5)):
+        with pytest.raises(fl.FormalLMError, match=r"logits of shape \(1, \d+\)"):
+            run()
+
+
+def reference_decode(model_fn, lang, prompt, max_new_tokens, *, u=None):
+    """One prompt decoded by calling the model on the exact, unpadded sequence at each step:
+    the argmax over EOS and the symbols, or, given uniforms ``u``, the inverse CDF at u[j]."""
+    ids = [BOS_ID] + [lang.vocab.id(x) for x in prompt]
+    new = []
+    for j in range(max_new_tokens):
+        logits = np.asarray(model_fn(np.array([ids], np.int32)), np.float64)[0, -1]
+        logits[[PAD_ID, BOS_ID]] = -np.inf
+        if u is None:
+            tok = int(np.argmax(logits))
+        else:
+            p = np.exp(logits - logits.max())
+            tok = int(np.searchsorted(np.cumsum(p / p.sum()), u[j], side="right"))
+        if tok == EOS_ID:
+            return tuple(new), True
+        new.append(lang.vocab.tokens[tok])
+        ids.append(tok)
+    return tuple(new), False
+
+
+def test_greedy_decoder_matches_an_unpadded_reference():
     from formal_lm.analysis import complete
     lang = fl.load("anbn-short")
     model = leading_b_model(3)
     prompts = ["a", "aab", "b", "bbb", "ba"]
-    mine = [flt.greedy_complete(model, lang, p, max_new_tokens=10) for p in prompts]
+    want = [(("b",), True), (("b",), True), (("a",), True), ((), True), ((), True)]
+    assert [reference_decode(model, lang, p, 10) for p in prompts] == want
+    assert [flt.greedy_complete(model, lang, p, max_new_tokens=10) for p in prompts] == want
     theirs = complete(model, lang, prompts, max_new_tokens=10, jit=False)
-    assert [m[0] for m in mine] == list(theirs.completions)
-    assert [m[1] for m in mine] == list(theirs.finished)
+    assert list(zip(theirs.completions, theirs.finished)) == want
+    # Sampled: the j-th new token is the inverse CDF at rng(seed, Stream.DECODE)[0, j].
+    exact = exact_model_fn(lang)
+    for seed in range(4):
+        u = rng(seed, Stream.DECODE).random((1, 30))[0]
+        for p in ["", "a", "aab"]:
+            assert flt.greedy_complete(exact, lang, p, max_new_tokens=30, decoding="sample",
+                                       seed=seed) == reference_decode(exact, lang, p, 30, u=u)
 
 
 def test_greedy_decoder_never_emits_pad_or_bos():
@@ -372,6 +413,13 @@ def test_trained_model_is_cached(tmp_path, monkeypatch):
     assert logits.shape == ids.shape + (5,)
     entries = list(tmp_path.iterdir())
     assert [e.name for e in entries] == [flt.cache_key(config)]
+    # A predictor that decodes incrementally, with the position table's size as its max_len.
+    from formal_lm.analysis import IncrementalPredictor, as_predictor
+    assert isinstance(fn, IncrementalPredictor) and fn.max_len == 40
+    with pytest.raises(fl.FormalLMError, match="seed=5 is not in the run"):
+        as_predictor(entries[0], seed=5)
+    with pytest.raises(fl.FormalLMError, match="needs a seed"):
+        as_predictor(entries[0])
 
     import formal_lm.training as training
 

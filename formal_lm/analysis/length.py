@@ -9,10 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formal_lm.analysis._common import ModelFn, call_model
-from formal_lm.analysis.next_symbol import set_terms
-from formal_lm.analysis.saturation import kl_terms
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.metrics import position_scores, set_terms
+from formal_lm.analysis.predictor import call_model
 from formal_lm.rules import Balanced
+from formal_lm.seeding import Stream, derive, rng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,18 @@ class LengthGeneralizationResult:
     depth_bins: tuple[BinResult, ...]
     skipped_lengths: int  # requested lengths with no strings in the language
 
+    def measures(self) -> tuple[M.Measure, ...]:
+        out = []
+        for kind, bins in (("len", self.length_bins), ("depth", self.depth_bins)):
+            for b in bins:
+                scope = M.IN_DISTRIBUTION if b.in_training_range else M.OUT_OF_DISTRIBUTION
+                what = f"strings of {'length' if kind == 'len' else 'nesting depth'} {b.lo}-{b.hi}"
+                out += [M.fraction(f"{kind}[{b.lo}-{b.hi}]_set_acc", b.set_accuracy_per_string,
+                                   scope, f"share of {what} with every next-symbol set right"),
+                        M.nats(f"{kind}[{b.lo}-{b.hi}]_kl", b.kl_per_token, scope,
+                               f"exact KL per real target token on {what}")]
+        return tuple(out)
+
 
 def nesting_depth(s, lang) -> int:
     """Maximum bracket nesting depth of ``s`` over the language's ``Balanced`` rules (0 if none)."""
@@ -60,7 +73,7 @@ def _default_bins(train_max_length: int, lengths: Sequence[int]) -> list[tuple[i
     return [(lo, h) for lo, h in bins if lo <= h]
 
 
-def _per_string(model_fn, lang, strings, threshold, batch_size) -> np.ndarray:
+def _per_string(predictor, lang, strings, threshold, batch_size) -> np.ndarray:
     """float [N, 5] per string: KL sum, real targets, correct sets, scored positions, all sets
     correct (0/1). One model call and one exact table per batch; bins add rows up."""
     out = np.zeros((len(strings), 5))
@@ -68,11 +81,11 @@ def _per_string(model_fn, lang, strings, threshold, batch_size) -> np.ndarray:
     for i in range(0, len(strings), batch_size):
         idx = order[i: i + batch_size]
         ids = lang.vocab.batch([strings[j] for j in idx])
-        logits = call_model(model_fn, ids, batch_size=batch_size)
+        logits = call_model(predictor, ids, batch_size=batch_size)
         p = lang.next_token_probs(ids)
-        kl, _, _, mask = kl_terms(logits, p, ids)
+        pos = position_scores(logits, p, ids)
         c, sc = set_terms(logits, p, ids, threshold)
-        out[idx] = np.stack([kl.sum(1), mask.sum(1), c.sum(1), sc.sum(1),
+        out[idx] = np.stack([pos.kl.sum(1), pos.mask.sum(1), c.sum(1), sc.sum(1),
                              np.all(c | ~sc, axis=1)], axis=1)
     return out
 
@@ -85,7 +98,7 @@ def _bin(rows: np.ndarray):
             float(strings_ok / len(rows)) if len(rows) else nan)
 
 
-def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40,
+def length_generalization(predictor, lang, *, train_max_length: int = 40,
                           test_lengths: Sequence[int] = range(41, 501), per_bin: int = 64,
                           bins: Sequence[tuple[int, int]] | None = None,
                           threshold: float = 0.01, seed: int = 0,
@@ -93,7 +106,7 @@ def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40
     """Exact KL and next-symbol-set accuracy per length bin, training lengths vs longer ones.
 
     Args:
-        model_fn: ids [B, T] -> logits [B, T, V]; it must accept sequences of the longest length.
+        predictor: ids [B, T] -> logits [B, T, V]; it must accept sequences of the longest length.
         lang: the language; ``lang.sample(n, seed=..., length=L)`` supplies strings of length L.
         train_max_length: lengths 1..train_max_length form the in-training bin(s).
         test_lengths: longer lengths to test.
@@ -106,17 +119,17 @@ def length_generalization(model_fn: ModelFn, lang, *, train_max_length: int = 40
     available = [L for L in wanted if L < len(pl) and pl[L] > 0]
     skipped = len(wanted) - len(available)
     bins = list(bins) if bins is not None else _default_bins(train_max_length, wanted)
-    rng = np.random.default_rng(seed)
+    pick = rng(seed, Stream.LENGTH)
     length_results, all_strings, all_rows = [], [], []
     for lo, hi in bins:
         Ls = [L for L in available if lo <= L <= hi]
         if not Ls:
             continue
-        picks = rng.choice(Ls, size=per_bin, replace=len(Ls) < per_bin)
+        picks = pick.choice(Ls, size=per_bin, replace=len(Ls) < per_bin)
         strings = []
         for k, L in enumerate(sorted(int(x) for x in picks)):
-            strings.extend(lang.sample(1, seed=seed * 100003 + L * 1009 + k, length=L))
-        rows = _per_string(model_fn, lang, strings, threshold, batch_size)
+            strings.extend(lang.sample(1, seed=derive(seed, Stream.LENGTH, L, k), length=L))
+        rows = _per_string(predictor, lang, strings, threshold, batch_size)
         all_strings.extend(strings)
         all_rows.append(rows)
         length_results.append(BinResult(lo, hi, len(strings), *_bin(rows),

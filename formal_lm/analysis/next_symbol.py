@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formal_lm.analysis._common import ModelFn, call_model, softmax, target_mask
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.metrics import set_terms
+from formal_lm.analysis.predictor import call_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +41,27 @@ class NextSymbolResult:
     out_of_distribution: SetAccuracy
     string_correct: tuple[bool, ...]  # per input string, in input order
 
+    def measures(self) -> tuple[M.Measure, ...]:
+        out = []
+        for where, acc, scope in (("", self.in_distribution, M.IN_DISTRIBUTION),
+                                  ("_longer", self.out_of_distribution, M.OUT_OF_DISTRIBUTION)):
+            if not acc.n_strings:
+                continue
+            what = ("strings up to the training length" if not where else
+                    "strings longer than the training length")
+            out += [M.fraction(f"nss_per_string{where}", acc.per_string, scope,
+                               f"share of {what} whose every next-symbol set is right",
+                               headline=not where),
+                    M.fraction(f"nss_per_position{where}", acc.per_position, scope,
+                               f"share of positions of {what} with the right next-symbol set")]
+        return tuple(out)
 
-def set_correct(model_fn: ModelFn, lang, ids: np.ndarray, threshold: float, *,
+
+def set_correct(predictor, lang, ids: np.ndarray, threshold: float, *,
                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(correct [B, T], scored [B, T]) for ids [B, T]."""
-    logits = call_model(model_fn, ids, batch_size=batch_size)  # [B, T, V]
+    logits = call_model(predictor, ids, batch_size=batch_size)  # [B, T, V]
     return set_terms(logits, lang.next_token_probs(ids), ids, threshold)
-
-
-def set_terms(logits: np.ndarray, exact: np.ndarray, ids: np.ndarray, threshold: float):
-    """:func:`set_correct` from the model's logits and the exact table [B, T, V] of ids."""
-    probs = softmax(logits)
-    scored = target_mask(ids) & (exact.sum(-1) > 0)
-    correct = np.all((probs > threshold) == (exact > 0), axis=-1) & scored
-    return correct, scored
 
 
 def _accuracy(correct, scored) -> SetAccuracy:
@@ -64,13 +73,13 @@ def _accuracy(correct, scored) -> SetAccuracy:
     return SetAccuracy(n, n_pos, float(correct.sum() / max(n_pos, 1)), float(per_string.mean()))
 
 
-def next_symbol_sets(model_fn: ModelFn, lang, strings: Sequence, *, threshold: float,
+def next_symbol_sets(predictor, lang, strings: Sequence, *, threshold: float,
                      train_max_length: int | None = None,
                      batch_size: int = 256) -> NextSymbolResult:
-    """Next-symbol-set accuracy of ``model_fn`` on ``strings`` of ``lang``.
+    """Next-symbol-set accuracy of ``predictor`` on ``strings`` of ``lang``.
 
     Args:
-        model_fn: ids [B, T] -> logits [B, T, V].
+        predictor: ids [B, T] -> logits [B, T, V] (anything ``as_predictor`` accepts).
         lang: the language.
         strings: strings of the language.
         threshold: a token is predicted when its model probability exceeds this.
@@ -85,7 +94,7 @@ def next_symbol_sets(model_fn: ModelFn, lang, strings: Sequence, *, threshold: f
     for i in range(0, len(strings), batch_size):
         idx = order[i: i + batch_size]
         ids = lang.vocab.batch([strings[j] for j in idx])
-        c, s = set_correct(model_fn, lang, ids, threshold, batch_size=batch_size)
+        c, s = set_correct(predictor, lang, ids, threshold, batch_size=batch_size)
         for k, j in enumerate(idx):
             correct_rows.append((j, c[k], s[k]))
     correct_rows.sort(key=lambda r: r[0])

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formal_lm.analysis._common import ModelFn, constant_model_fn
-from formal_lm.analysis.completion import Completions, complete
-from formal_lm.analysis.ngram import NGramModel
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.baselines import NGramModel, eos_model_fn
+from formal_lm.analysis.decoding import Completions, complete
 from formal_lm.errors import FormalLMError, Problem
-from formal_lm.vocab import EOS_ID
+from formal_lm.seeding import Stream, derive, rng
 
 MAX_ENUMERATED = 4096
 
@@ -58,6 +58,25 @@ class ExtrapolationScores:
     classes: tuple[ClassResult, ...]
     completions: Completions | None = dataclasses.field(default=None, repr=False, compare=False)
 
+    def measures(self) -> tuple[M.Measure, ...]:
+        ood, ind, h = M.OUT_OF_DISTRIBUTION, M.IN_DISTRIBUTION, self.headline_rule
+        out = [M.fraction(f"ood_{h}", self.headline, ood, f"share of OOD prompts whose completion "
+                          f"finished (emitted EOS) and satisfies {h}", headline=True, tested=True),
+               M.fraction("ood_finish_rate", self.finish_rate, ood,
+                          "share of OOD prompts whose completion emitted EOS", headline=True),
+               M.fraction(f"ood_{h}_finished", self.headline_finished, ood,
+                          f"share of finished OOD completions that satisfy {h}"),
+               M.fraction("id_accuracy", self.id_accuracy, ind, "share of in-distribution "
+                          "prompts completed into strings of the language"),
+               M.fraction("id_finish_rate", self.id_finish_rate, ind,
+                          "share of in-distribution prompts whose completion emitted EOS")]
+        for c in self.classes:
+            tag = "+".join(c.broken) or "none"
+            out += [M.fraction(f"ood[{tag}]_{rule}", v, ood, f"OOD prompts breaking {tag}: "
+                               f"share whose finished completion satisfies {rule}")
+                    for rule, v in c.rule_accuracy.items()]
+        return tuple(out)
+
 
 @dataclasses.dataclass(frozen=True)
 class RuleExtrapolationResult:
@@ -82,6 +101,9 @@ class RuleExtrapolationResult:
     eos_baseline: ExtrapolationScores | None
     ngram_baseline: ExtrapolationScores | None
 
+    def measures(self) -> tuple[M.Measure, ...]:
+        return self.model.measures() + (M.count("n_ood", self.n_ood, "OOD prompts scored"),)
+
 
 def prompt_set(lang, prompt_length: int, *, max_prompts: int = MAX_ENUMERATED, seed: int = 0):
     """All strings over the alphabet of ``prompt_length`` (or ``max_prompts`` distinct samples).
@@ -92,17 +114,18 @@ def prompt_set(lang, prompt_length: int, *, max_prompts: int = MAX_ENUMERATED, s
     total = len(A) ** prompt_length
     if total <= max_prompts:
         return [tuple(p) for p in itertools.product(A, repeat=prompt_length)], True
-    rng = np.random.default_rng(seed)
-    codes = rng.choice(total, size=max_prompts, replace=False) if total < 2 ** 62 else \
-        np.unique(rng.integers(0, 2 ** 62, size=max_prompts))
-    out = []
-    for c in sorted(int(x) for x in codes):
-        digits = []
-        for _ in range(prompt_length):
-            c, r = divmod(c, len(A))
-            digits.append(A[r])
-        out.append(tuple(reversed(digits)))
-    return out, False
+    gen = rng(seed, Stream.PROMPTS)
+    if total < 2 ** 62:  # distinct codes drawn exactly, decoded to symbols
+        digits = [np.unravel_index(int(c), (len(A),) * prompt_length)
+                  for c in gen.choice(total, size=max_prompts, replace=False)]
+    else:  # uniform symbols, duplicates redrawn (each set of distinct prompts equally likely)
+        seen: dict[tuple, None] = {}
+        while len(seen) < max_prompts:
+            for row in gen.integers(0, len(A), size=(max_prompts, prompt_length)):
+                if len(seen) < max_prompts:
+                    seen.setdefault(tuple(int(x) for x in row))
+        digits = list(seen)
+    return sorted(tuple(A[int(d)] for d in ds) for ds in digits), False
 
 
 def label_prompts(lang, prompts):
@@ -144,12 +167,7 @@ def score_completions(name: str, lang, comps: Completions, labels) -> Extrapolat
         classes=tuple(classes), completions=comps)
 
 
-def eos_model_fn(lang) -> ModelFn:
-    """The "emit EOS immediately" baseline as a model function."""
-    return constant_model_fn(lang.vocab.size, EOS_ID)
-
-
-def rule_extrapolation(model_fn: ModelFn, lang, *, prompt_length: int = 8,
+def rule_extrapolation(predictor, lang, *, prompt_length: int = 8,
                        max_new_tokens: int = 300, decoding: str = "greedy",
                        prompts: Sequence | None = None, max_prompts: int = MAX_ENUMERATED,
                        seed: int = 0, ngram_n: int | None = 3, ngram_train: int = 2000,
@@ -158,17 +176,17 @@ def rule_extrapolation(model_fn: ModelFn, lang, *, prompt_length: int = 8,
     """Completes every prompt of ``prompt_length`` and scores rule extrapolation.
 
     Args:
-        model_fn: ids [B, T] -> logits [B, T, V].
+        predictor: ids [B, T] -> logits [B, T, V] (anything ``as_predictor`` accepts).
         lang: the language (its ``rules``; the first rule is the headline rule "R1").
         prompt_length: symbols per prompt (ignored when ``prompts`` is given).
         max_new_tokens: generation budget (EOS included).
         decoding: "greedy" or "sample".
         prompts: explicit prompts (e.g. a held-out split); labelled the same way.
         max_prompts: enumerate when |alphabet| ** prompt_length <= max_prompts, else sample.
-        seed: prompt sampling and sampled decoding.
+        seed: the analysis seed (prompt sampling, sampled decoding, n-gram training strings).
         ngram_n: order of the n-gram baseline (None: no n-gram baseline).
         ngram_train, train_strings: the n-gram baseline is fitted on ``train_strings`` or on
-            ``ngram_train`` samples of the language.
+            ``ngram_train`` samples of the language (``derive(seed, Stream.NGRAM)``).
         baselines: False skips both baselines (e.g. when they were computed once per prompt set).
 
     Returns:
@@ -187,11 +205,12 @@ def rule_extrapolation(model_fn: ModelFn, lang, *, prompt_length: int = 8,
                          seed=seed, batch_size=batch_size)
         return score_completions(name, lang, comps, labels)
 
-    model = run("model", model_fn)
+    model = run("model", predictor)
     eos = run("emit EOS immediately", eos_model_fn(lang)) if baselines else None
     ngram = None
     if ngram_n is not None and baselines:
-        train = train_strings if train_strings is not None else lang.sample(ngram_train, seed=seed + 1)
+        train = (train_strings if train_strings is not None
+                 else lang.sample(ngram_train, seed=derive(seed, Stream.NGRAM)))
         ng = NGramModel(ngram_n, k=ngram_k).fit(train, lang.vocab)
         ngram = run(f"{ngram_n}-gram (add-{ngram_k})", ng)
     n_ood = sum(o for _, o in labels)

@@ -10,7 +10,10 @@ import dataclasses
 
 import numpy as np
 
-from formal_lm.analysis._common import ModelFn, call_model, log_softmax, target_mask
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.metrics import position_scores
+from formal_lm.analysis.predictor import call_model
+from formal_lm.seeding import Stream, derive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,60 +45,61 @@ class SaturationResult:
     threshold: float
     saturated: bool
 
-
-def token_kl(p_true: np.ndarray, logp_model: np.ndarray) -> np.ndarray:
-    """Row-wise KL(p_true || model) [...]; rows where p_true is all zero give 0. Never negative."""
-    safe = np.where(p_true > 0, p_true, 1.0)
-    terms = np.where(p_true > 0, p_true * (np.log(safe) - logp_model), 0.0)
-    return np.maximum(terms.sum(-1), 0.0)
-
-
-def kl_and_nll(model_fn: ModelFn, lang, ids: np.ndarray, *, batch_size: int = 256):
-    """Per-position KL, model NLL and exact NLL for ids [B, T]; plus the real-target mask [B, T]."""
-    logits = call_model(model_fn, ids, batch_size=batch_size)  # [B, T, V]
-    return kl_terms(logits, lang.next_token_probs(ids), ids)
-
-
-def kl_terms(logits: np.ndarray, p: np.ndarray, ids: np.ndarray):
-    """:func:`kl_and_nll` from the model's logits and the exact table p [B, T, V] of ids."""
-    logq = log_softmax(logits)
-    mask = target_mask(ids) & (p.sum(-1) > 0)
-    kl = np.where(mask, token_kl(p, logq), 0.0)
-    tgt = np.concatenate([ids[:, 1:], np.zeros((len(ids), 1), ids.dtype)], axis=1)  # [B, T]
-    nll = -np.take_along_axis(logq, tgt[..., None], -1)[..., 0]
-    ptgt = np.take_along_axis(p, tgt[..., None], -1)[..., 0]
-    true_nll = -np.log(np.where(ptgt > 0, ptgt, 1.0))
-    return kl, np.where(mask, nll, 0.0), np.where(mask, true_nll, 0.0), mask
+    def measures(self) -> tuple[M.Measure, ...]:
+        ind = M.IN_DISTRIBUTION
+        return (
+            M.nats("kl", self.kl_per_token, ind, "exact KL(true || model) per real target token "
+                   "on held-out samples", headline=True),
+            M.nats("cross_entropy", self.cross_entropy, ind, "model NLL per real target token on "
+                   "the same samples", headline=True),
+            M.nats("excess_loss", self.excess_loss, ind, "cross_entropy minus the exact NLL of "
+                   "the same samples"),
+            M.nats("sample_entropy", self.sample_entropy, M.REFERENCE, "exact NLL of the scored "
+                   "samples: the floor of cross_entropy on them", higher_is_better=None),
+            M.nats("loss_floor", self.loss_floor, M.REFERENCE, "the language's exact expected "
+                   "loss floor", higher_is_better=None),
+            M.Measure("saturated", float(self.saturated), "flag", None, ind,
+                      f"kl below the threshold {self.threshold:g}"),
+            M.count("n_tokens", self.n_tokens, "real target tokens scored"),
+        )
 
 
-def saturation(model_fn: ModelFn, lang, *, n: int = 512, seed: int = 12345,
+def kl_and_nll(predictor, lang, ids: np.ndarray, *, batch_size: int = 256):
+    """Per-position scores (:class:`metrics.PositionScores`) of a predictor on ids [B, T]."""
+    logits = call_model(predictor, ids, batch_size=batch_size)  # [B, T, V]
+    return position_scores(logits, lang.next_token_probs(ids), ids)
+
+
+def saturation(predictor, lang, *, n: int = 512, seed: int = 12345,
                threshold: float = 1e-2, strings=None, batch_size: int = 256) -> SaturationResult:
     """Exact per-token KL and cross-entropy of ``model_fn`` on ``n`` samples of ``lang``.
 
     Args:
-        model_fn: ids [B, T] -> logits [B, T, V].
+        predictor: ids [B, T] -> logits [B, T, V] (anything ``as_predictor`` accepts).
         lang: the language.
-        n: number of held-out samples (drawn with ``seed``; use a seed the training data never used).
-        seed: sampling seed.
+        n: number of held-out samples, drawn from ``derive(seed, Stream.SATURATION)``.
+        seed: the analysis seed.
         threshold: ``saturated`` is ``kl_per_token < threshold``.
         strings: score these strings instead of sampling.
 
     Example:
         >>> import formal_lm as fl
-        >>> from formal_lm.analysis import exact_model_fn
+        >>> from formal_lm.analysis.baselines import exact_model_fn
         >>> lang = fl.load("anbn-short")
         >>> saturation(exact_model_fn(lang), lang, n=32).saturated  # the language itself: KL 0
         True
     """
-    strings = lang.sample(n, seed=seed) if strings is None else list(strings)
+    if strings is None:
+        strings = lang.sample(n, seed=derive(seed, Stream.SATURATION))
+    strings = list(strings)
     ids = lang.vocab.batch(strings)
-    kl, nll, true_nll, mask = kl_and_nll(model_fn, lang, ids, batch_size=batch_size)
-    n_tok = int(mask.sum())
-    kl_tok = float(kl.sum() / max(n_tok, 1))
-    ce = float(nll.sum() / max(n_tok, 1))
-    h = float(true_nll.sum() / max(n_tok, 1))
+    sc = kl_and_nll(predictor, lang, ids, batch_size=batch_size)
+    n_tok = sc.n_tokens
+    kl_tok = float(sc.kl.sum() / max(n_tok, 1))
+    ce = float(sc.nll.sum() / max(n_tok, 1))
+    h = float(sc.true_nll.sum() / max(n_tok, 1))
     return SaturationResult(
-        kl_per_token=kl_tok, kl_per_sequence=float(kl.sum(1).mean()) if len(ids) else 0.0,
+        kl_per_token=kl_tok, kl_per_sequence=float(sc.kl.sum(1).mean()) if len(ids) else 0.0,
         cross_entropy=ce, sample_entropy=h, loss_floor=float(lang.optimal_loss().per_token),
         excess_loss=ce - h, n_strings=len(strings), n_tokens=n_tok, threshold=threshold,
         saturated=kl_tok < threshold)

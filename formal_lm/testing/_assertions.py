@@ -16,39 +16,38 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from formal_lm.analysis._common import log_softmax
-from formal_lm.analysis.saturation import token_kl
-from formal_lm.errors import Problem
+from formal_lm.analysis.decoding import complete
+from formal_lm.analysis.metrics import log_softmax, token_kl
+from formal_lm.analysis.predictor import call_model
+from formal_lm.errors import FormalLMError, Problem
 from formal_lm.testing._strategies import ood_prompts, strings as strings_strategy
 from formal_lm.testing._validation import check, rule_problems
 from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID
 
 ModelFn = Callable[[np.ndarray], "np.ndarray"]
-WIDTH_BUCKET = 16  # sequences are right-padded to a multiple of this: one jit shape per bucket
 DECODINGS = ("greedy", "sample")
 
 
 def _logits(model_fn: ModelFn, ids: Sequence[int]) -> np.ndarray:
-    """Logits [T, V] of one sequence, right-padded to a bucketed width before the call."""
-    T = len(ids)
-    W = -(-T // WIDTH_BUCKET) * WIDTH_BUCKET
-    row = np.full((1, W), PAD_ID, np.int32)
-    row[0, :T] = ids
-    out = np.asarray(model_fn(row), np.float64)  # [1, W, V]
-    if out.ndim != 3 or out.shape[:2] != (1, W):
+    """Logits [T, V] of one sequence (``analysis.call_model`` pads it to a bucketed width)."""
+    row = np.asarray([ids], np.int32)
+    try:
+        out = call_model(model_fn, row)
+    except FormalLMError as e:
+        check(list(e.problems))
+    if out.ndim != 3:  # call_model checks only the [B, T] part of the shape
         check([Problem(f"model_fn returned logits of shape {out.shape} for ids of shape "
                        f"{row.shape}", "a model function maps ids [B, T] to logits [B, T, V]")])
-    return out[0, :T]
+    return out[0]
 
 
 def greedy_complete(model_fn: ModelFn, lang, prompt, *, max_new_tokens: int,
                     decoding: str = "greedy", seed: int = 0) -> tuple[tuple[str, ...], bool]:
     """Completes one prompt: (new symbols, whether the model emitted EOS).
 
-    Calls ``model_fn`` on the growing sequence ``[BOS, prompt..., new...]`` and takes the argmax
+    ``formal_lm.analysis.complete`` (the package's one decoder) on a single prompt: the argmax
     (or, with ``decoding="sample"``, a sample seeded by ``seed``) over EOS and the symbols (never
-    PAD or BOS), until EOS or ``max_new_tokens`` tokens. For many prompts at once use the batched
-    ``formal_lm.analysis.complete``.
+    PAD or BOS), until EOS or ``max_new_tokens`` tokens.
 
     Example:
         >>> import formal_lm as fl
@@ -57,23 +56,9 @@ def greedy_complete(model_fn: ModelFn, lang, prompt, *, max_new_tokens: int,
         >>> greedy_complete(exact_model_fn(lang), lang, "aab", max_new_tokens=10)
         (('b',), True)
     """
-    vocab = lang.vocab
-    ids = [BOS_ID] + [vocab.id(x) for x in vocab.as_string(prompt)]
-    rng = np.random.default_rng(seed)
-    new: list[str] = []
-    for _ in range(max_new_tokens):
-        logits = _logits(model_fn, ids)[-1].copy()  # [V]
-        logits[[PAD_ID, BOS_ID]] = -np.inf
-        if decoding == "greedy":
-            tok = int(np.argmax(logits))
-        else:
-            p = np.exp(log_softmax(logits))
-            tok = int(rng.choice(len(p), p=p / p.sum()))
-        if tok == EOS_ID:
-            return tuple(new), True
-        new.append(vocab.tokens[tok])
-        ids.append(tok)
-    return tuple(new), False
+    c = complete(model_fn, lang, [prompt], max_new_tokens=max_new_tokens, decoding=decoding,
+                 seed=seed)
+    return c.completions[0], c.finished[0]
 
 
 def _settings(max_examples: int) -> settings:

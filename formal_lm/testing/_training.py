@@ -40,16 +40,17 @@ def _as_config(config):
 def cache_key(config) -> str:
     """The cache key of a config (a TrainConfig or a dict in the file layout)."""
     config = _as_config(config)
+    from formal_lm.training.checkpoint import FORMAT
     lang = config.language if isinstance(config.language, str) else repr(config.language)
-    blob = json.dumps({"config": config.to_dict(), "language": lang}, sort_keys=True,
-                      default=str)
+    blob = json.dumps({"config": config.to_dict(), "language": lang, "format": FORMAT},
+                      sort_keys=True, default=str)
     return f"{config.language_name()}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def trained_model(config, *, cache_dir: str | Path | None = None, seed: int | None = None,
                   which: str = "best"):
-    """A model function ``ids [B, T] -> logits [B, T, V]`` trained with ``config``, from the
-    cache when this config was trained before (``formal_lm.training.train`` otherwise).
+    """A predictor (``ids [B, T] -> logits [B, T, V]``) trained with ``config``, from the cache
+    when this config was trained before (``formal_lm.training.train`` otherwise).
 
     Args:
         config: a :class:`formal_lm.training.TrainConfig`, or a dict in the training file layout.
@@ -62,7 +63,8 @@ def trained_model(config, *, cache_dir: str | Path | None = None, seed: int | No
         ...                     "model": {"name": "transformer", "d_model": 8, "n_heads": 2,
         ...                               "d_ff": 16, "n_layers": 1}})  # doctest: +SKIP
     """
-    from formal_lm.training import model_fn, train
+    from formal_lm.analysis.predictor import as_predictor
+    from formal_lm.training import train
 
     config = _as_config(config)
     seed = config.seeds[0] if seed is None else seed
@@ -85,4 +87,4 @@ def trained_model(config, *, cache_dir: str | Path | None = None, seed: int | No
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return model_fn(run_dir, seed, which)
+    return as_predictor(run_dir, seed=seed, which=which)

@@ -1,7 +1,9 @@
-"""An add-k smoothed n-gram language model, usable wherever a model function is.
+"""Baselines and references, each a predictor: the exact language itself, a constant token
+("emit EOS immediately"), and an add-k smoothed n-gram model.
 
-Contexts are the previous ``n - 1`` tokens including BOS (missing positions before BOS are a
-distinct filler), so an n-gram model knows where a string starts. It never puts mass on PAD or BOS.
+The n-gram model's contexts are the previous ``n - 1`` tokens including BOS (missing positions
+before BOS are a distinct filler), so it knows where a string starts. It never puts mass on PAD
+or BOS.
 """
 from __future__ import annotations
 
@@ -9,8 +11,40 @@ import dataclasses
 
 import numpy as np
 
+from formal_lm.analysis.predictor import FunctionPredictor
 from formal_lm.errors import FormalLMError, Problem
-from formal_lm.vocab import BOS_ID, PAD_ID, Vocab
+from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+
+
+def exact_model_fn(lang, *, floor: float = 1e-9) -> FunctionPredictor:
+    """The language itself as a predictor: logits = ln max(p_exact, floor).
+
+    Rows with no exact distribution (after EOS, impossible prefixes) become uniform over EOS and
+    the symbols. Useful as an oracle in tests: it scores ~0 KL and 100% on exact checks.
+    """
+    def fn(ids):
+        p = lang.next_token_probs(np.asarray(ids))  # [B, T, V]
+        empty = p.sum(-1, keepdims=True) == 0
+        uniform = np.zeros(p.shape[-1])
+        uniform[EOS_ID:] = 1.0 / (p.shape[-1] - EOS_ID)
+        p = np.where(empty, uniform, p)
+        return np.log(np.maximum(p, floor))
+    return FunctionPredictor(fn)
+
+
+def constant_model_fn(vocab_size: int, token: int, *, margin: float = 20.0) -> FunctionPredictor:
+    """A predictor that puts (almost) all its mass on one token at every position."""
+    def fn(ids):
+        ids = np.asarray(ids)
+        out = np.zeros(ids.shape + (vocab_size,))
+        out[..., token] = margin
+        return out
+    return FunctionPredictor(fn)
+
+
+def eos_model_fn(lang) -> FunctionPredictor:
+    """The "emit EOS immediately" baseline."""
+    return constant_model_fn(lang.vocab.size, EOS_ID)
 
 
 @dataclasses.dataclass
@@ -28,6 +62,7 @@ class NGramModel:
     k: float = 0.1
     table: np.ndarray | None = None  # [V ** (n - 1), V] log-probabilities
     vocab_size: int = 0
+    max_len = None  # any length (the predictor protocol)
 
     def __post_init__(self):
         problems = []

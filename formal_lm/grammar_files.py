@@ -14,307 +14,38 @@ Kinds and their keys (every file also takes ``name``, ``kind``, ``description`` 
 A prior table is ``kind = "uniform"`` with ``min``/``max``, or ``kind = "geometric"`` with ``p``,
 ``min`` and optionally ``max``. A rule table is ``kind`` (see ``formal_lm.rules``), its keys, and
 an optional ``description``.
+
+Where ``load`` finds a grammar:
+
+- A shipped name (``load("anbn")``; ``shipped()`` lists them): the grammar files in the
+  repository's ``grammars/`` folder, installed inside the package as ``formal_lm.grammars`` and
+  read with ``importlib.resources`` (an editable install or a checkout on ``sys.path`` reads the
+  source tree's ``grammars/``). A shipped name always means the shipped grammar: no file in the
+  working folder or on the search path can shadow it. (``FORMAL_LM_GRAMMARS``, which replaced
+  the shipped folder and so hid its grammars, is gone.)
+- A name on the search path ``FORMAL_LM_GRAMMAR_PATH``: folders separated by ``os.pathsep``
+  (``:`` on Linux and macOS), whose ``*.toml`` files add their names (the file name less
+  ``.toml``) to those ``load`` accepts. A file there with a shipped name is ignored (load it by its
+  path); a name found in two files of the search path is an error that names both.
+- Anything else is a path, which must be an existing file whose name ends in ``.toml``, of at most
+  1 MiB (``MAX_FILE_BYTES``).
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
+import stat
 import tomllib
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem
+from formal_lm.grammar_build import Source, build
 from formal_lm.language import Language
-from formal_lm.priors import PRIOR_KINDS
-from formal_lm.rules import RULE_KINDS
-from formal_lm.vocab import check_symbols
 
-GRAMMAR_DIR = Path(os.environ.get("FORMAL_LM_GRAMMARS", Path(__file__).resolve().parent.parent
-                                  / "grammars"))
-
-COMMON = {"name", "kind", "description", "rules"}
-KEYS = {
-    "counter": COMMON | {"alphabet", "blocks", "prior"},
-    "dyck": COMMON | {"pairs", "nested", "prior"},
-    "pfsa": COMMON | {"alphabet", "start", "arcs"},
-    "dfa": COMMON | {"alphabet", "start", "accepting", "stop_prob", "transitions"},
-    "pcfg": COMMON | {"start"},
-}
-
-
-class _Source:
-    """The text of a grammar file, for locating keys and lines inside multi-line strings."""
-
-    def __init__(self, text: str, path: str):
-        self.text, self.path, self.lines = text, path, text.splitlines()
-
-    def locate(self, *keys: str) -> Location:
-        """The line that sets ``keys`` (a dotted path such as ('prior', 'n', 'max'))."""
-        table, best = (), None
-        for i, line in enumerate(self.lines):
-            m = re.match(r"\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$", line)
-            if m:
-                table = tuple(k.strip().strip('"') for k in m.group(1).split("."))
-                if table == tuple(keys):
-                    return Location(self.path, i + 1, line.index("[") + 1)
-                continue
-            m = re.match(r"\s*([\w\".-]+)\s*=", line)
-            if not m:
-                continue
-            path = table + tuple(k.strip('"') for k in m.group(1).split("."))
-            if path == tuple(keys):
-                return Location(self.path, i + 1, line.index(m.group(1)) + 1)
-            if best is None and path[: len(keys)] == tuple(keys[: len(path)]) and len(path) > 0 \
-                    and path[-1] == keys[-1]:
-                best = Location(self.path, i + 1, line.index(m.group(1)) + 1)
-        if best:
-            return best
-        if len(keys) > 1:
-            return self.locate(*keys[:-1])
-        return Location(self.path, 1, 1)
-
-    def string_start(self, key: str) -> int:
-        """0-based line index where the multi-line string of top-level ``key`` starts its text."""
-        for i, line in enumerate(self.lines):
-            m = re.match(rf"\s*{re.escape(key)}\s*=\s*(\"\"\"|''')?", line)
-            if m:
-                rest = line[m.end():]
-                return i + (0 if rest.strip() else 1) if m.group(1) else i
-        return 0
-
-
-def _expect(problems, src, value, typ, *keys, what):
-    if not isinstance(value, typ):
-        problems.append(Problem(f"{'.'.join(keys)}={value!r} should be {what}", f"write {what}",
-                                src.locate(*keys)))
-        return False
-    return True
-
-
-def _rules(doc, src, problems):
-    out = []
-    tables = doc.get("rules", {})
-    if not isinstance(tables, dict):
-        return []
-    for name, spec in tables.items():
-        loc = src.locate("rules", name)
-        if not isinstance(spec, dict) or "kind" not in spec:
-            problems.append(Problem(f"rule {name} needs a table with a kind",
-                                    f"write [rules.{name}] with kind = one of {sorted(RULE_KINDS)}",
-                                    loc))
-            continue
-        kind = spec["kind"]
-        if kind not in RULE_KINDS:
-            problems.append(Problem(f"rule {name}: kind={kind!r} is unknown",
-                                    f"use one of {sorted(RULE_KINDS)}", src.locate("rules", name, "kind")))
-            continue
-        cls = RULE_KINDS[kind]
-        fields = {f for f in cls.__dataclass_fields__} - {"name", "description"}
-        args = {k: v for k, v in spec.items() if k not in ("kind", "description")}
-        unknown = set(args) - fields
-        for k in sorted(unknown):
-            problems.append(Problem(f"rule {name}: key {k!r} is not used by kind={kind!r}",
-                                    f"its keys are {sorted(fields)}", src.locate("rules", name, k)))
-        if unknown:
-            continue
-        args = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                    if isinstance(v, list) else v) for k, v in args.items()}
-        try:
-            rule = cls(name=name, description=spec.get("description", kind), **args)
-            if kind == "pattern":
-                re.compile(rule.pattern)
-        except (TypeError, re.error) as e:
-            problems.append(Problem(f"rule {name}: {e}", "check the rule's keys", loc))
-            continue
-        out.append(rule)
-    return tuple(out)
-
-
-def _prior(spec, src, keys, problems):
-    loc = src.locate(*keys)
-    if not isinstance(spec, dict) or spec.get("kind") not in PRIOR_KINDS:
-        problems.append(Problem(f"{'.'.join(keys)} needs kind = one of {sorted(PRIOR_KINDS)}",
-                                'e.g. kind = "uniform", min = 1, max = 128', loc))
-        return None
-    cls = PRIOR_KINDS[spec["kind"]]
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    unknown = set(args) - set(cls.__dataclass_fields__)
-    for k in sorted(unknown):
-        problems.append(Problem(f"{'.'.join(keys)}: key {k!r} is not used by a {spec['kind']} prior",
-                                f"its keys are {sorted(cls.__dataclass_fields__)}",
-                                src.locate(*keys, k)))
-    if unknown:
-        return None
-    try:
-        prior = cls(**args)
-    except TypeError as e:
-        problems.append(Problem(f"{'.'.join(keys)}: {e}", "check the prior's keys", loc))
-        return None
-    for p in prior.problems():
-        problems.append(Problem(p.message, p.fix, loc))
-    return prior
-
-
-def _count(expr, src, i, problems):
-    m = re.fullmatch(r"\s*(\d*)\s*([A-Za-z_]\w*)?\s*", str(expr))
-    if not m or (not m.group(1) and not m.group(2)):
-        problems.append(Problem(f"blocks[{i}] count={expr!r} is not a count",
-                                "write '1', '3', 'n' or '2n'", src.locate("blocks")))
-        return None
-    return int(m.group(1) or 1), m.group(2)
-
-
-def _lines(src, key, text, problems, pattern, what):
-    """Non-comment lines of a multi-line string, with their Locations."""
-    first = src.string_start(key)
-    out = []
-    for j, raw in enumerate(text.splitlines()):
-        line = raw.split("#", 1)[0]
-        if not line.strip():
-            continue
-        lineno = first + j + 1
-        col = len(raw) - len(raw.lstrip()) + 1
-        loc = Location(src.path, lineno, col)
-        m = re.fullmatch(pattern, line.strip())
-        if not m:
-            problems.append(Problem(f"{key}: cannot read {line.strip()!r}", f"write lines as {what}",
-                                    loc))
-            continue
-        out.append((m.groups(), loc))
-    return out
-
-
-def _prob(text, loc, problems):
-    try:
-        p = float(text)
-    except ValueError:
-        problems.append(Problem(f"probability={text!r} is not a number", "write e.g. 0.25", loc))
-        return None
-    return p
-
-
-def _build(doc: dict, src: _Source) -> Language:
-    from formal_lm.counter import Block, CounterLanguage
-    from formal_lm.dyck import DyckLanguage
-    from formal_lm.pfsa import PFSA, dfa_to_pfsa
-
-    problems: list[Problem] = []
-    kind = doc.get("kind")
-    if kind not in KEYS:
-        raise GrammarError(Problem(f"kind={kind!r} is not a grammar kind",
-                                   f"set kind to one of {sorted(KEYS)}", src.locate("kind")))
-    for k in sorted(set(doc) - KEYS[kind]):
-        problems.append(Problem(f"key {k!r} is not used by kind={kind!r}",
-                                f"remove it; this kind reads {sorted(KEYS[kind])}", src.locate(k)))
-    name = doc.get("name") or Path(src.path).stem
-    description = doc.get("description", "")
-    rules = _rules(doc, src, problems)
-    need = {"counter": ["alphabet", "blocks", "prior"], "dyck": ["pairs", "prior"],
-            "pfsa": ["alphabet", "start", "arcs"],
-            "dfa": ["alphabet", "start", "accepting", "stop_prob", "transitions"],
-            "pcfg": ["rules"]}[kind]
-    missing = [k for k in need if k not in doc]
-    for k in missing:
-        problems.append(Problem(f"kind={kind!r} needs the key {k!r}", f"add {k} = ...",
-                                Location(src.path, 1, 1)))
-    if "alphabet" in doc:
-        if _expect(problems, src, doc["alphabet"], list, "alphabet", what="a list of symbols"):
-            loc = src.locate("alphabet")
-            problems += [Problem(p.message, p.fix, loc) for p in check_symbols(doc["alphabet"])]
-    if missing:
-        raise GrammarError(problems)
-
-    def build(fn, *args, _key="kind", **kw):
-        """Builds the language; raises every problem of the file and of the construction."""
-        try:
-            lang = fn(*args, **kw)
-        except FormalLMError as e:  # attach the file location to problems that have none
-            where = src.locate(_key)
-            known = {p.message for p in problems}
-            raise GrammarError(problems + [p if p.location else Problem(p.message, p.fix, where)
-                                           for p in e.problems if p.message not in known]) from None
-        except Exception as e:  # wrong types from the file reach the constructor
-            raise GrammarError(problems + [Problem(f"{type(e).__name__}: {e}",
-                                                   "check the values' types", src.locate(_key))])
-        if problems:
-            raise GrammarError(problems)
-        return lang
-
-    if kind == "counter":
-        before = len(problems)  # a bad block or prior stops here, with every problem gathered
-        blocks = []
-        if _expect(problems, src, doc["blocks"], list, "blocks", what="a list of [symbol, count]"):
-            for i, b in enumerate(doc["blocks"]):
-                if not (isinstance(b, list) and len(b) == 2):
-                    problems.append(Problem(f"blocks[{i}]={b!r} is not [symbol, count]",
-                                            "write ['a', 'n']", src.locate("blocks")))
-                    continue
-                c = _count(b[1], src, i, problems)
-                if c:
-                    blocks.append(Block(b[0], c[0], c[1]))
-        priors = {}
-        if _expect(problems, src, doc["prior"], dict, "prior", what="tables [prior.VAR]"):
-            for v, spec in doc["prior"].items():
-                p = _prior(spec, src, ("prior", v), problems)
-                if p is not None:
-                    priors[v] = p
-        if len(problems) > before:
-            raise GrammarError(problems)
-        return build(CounterLanguage, name, blocks, priors, rules=rules,
-                     alphabet=tuple(doc["alphabet"]), description=description, _key="blocks")
-    if kind == "dyck":
-        priors = doc["prior"]
-        if not isinstance(priors, dict) or set(priors) != {"n"}:
-            problems.append(Problem("a dyck grammar takes one prior, [prior.n], over the number "
-                                    "of bracket pairs", "write [prior.n]", src.locate("prior")))
-            raise GrammarError(problems)
-        prior = _prior(priors["n"], src, ("prior", "n"), problems)
-        if rules:
-            problems.append(Problem("a dyck grammar's rules are implied by its pairs",
-                                    "remove the [rules.*] tables", src.locate("rules")))
-        if prior is None:
-            raise GrammarError(problems)
-        return build(DyckLanguage, name, doc["pairs"], prior, nested=doc.get("nested", True),
-                     description=description, _key="pairs")
-    if kind == "pfsa":
-        arcs, final, locs = [], {}, {}
-        lines = _lines(src, "arcs", doc["arcs"], problems,
-                       r"(\S+)\s+(\S+)\s+(\S+)(?:\s+(\S+))?", "'STATE SYMBOL NEXT PROB' or 'STATE EOS PROB'")
-        for (q, a, r, p), loc in lines:
-            if p is None:  # STATE EOS PROB
-                if a not in ("EOS", "</s>"):
-                    problems.append(Problem(f"arcs: {q} {a} {r}: a 3-field line must be "
-                                            "'STATE EOS PROB'", "write 'STATE EOS PROB'", loc))
-                    continue
-                pr = _prob(r, loc, problems)
-                final[q], locs[("final", q)] = pr, loc
-            else:
-                pr = _prob(p, loc, problems)
-                locs[len(arcs)] = loc
-                arcs.append((q, a, r, pr))
-        return build(PFSA, name, arcs, final, doc["start"], alphabet=tuple(doc["alphabet"]),
-                     rules=rules, description=description, locations=locs, _key="arcs")
-    if kind == "dfa":
-        trans = {}
-        for (q, a, r), loc in _lines(src, "transitions", doc["transitions"], problems,
-                                     r"(\S+)\s+(\S+)\s+(\S+)", "'STATE SYMBOL NEXT'"):
-            if (q, a) in trans:
-                problems.append(Problem(f"transitions: state {q} has two arcs on {a!r}",
-                                        "a DFA has one arc per state and symbol", loc))
-            if a not in doc["alphabet"]:
-                problems.append(Problem(f"transitions: symbol={a!r} is not in the alphabet",
-                                        "add it to the alphabet", loc))
-            trans[(q, a)] = r
-        return build(dfa_to_pfsa, name, trans, doc["start"], set(doc["accepting"]),
-                     alphabet=tuple(doc["alphabet"]), stop_prob=doc["stop_prob"], rules=rules,
-                     description=description, _key="transitions")
-    # pcfg
-    from formal_lm.pcfg import PCFG
-    text = doc["rules"]
-    # the PCFG's rules string shares the key "rules" with named rules; here it is a string
-    g = build(PCFG.from_nltk, text, name=name, start=doc.get("start"), path=src.path,
-              line_offset=src.string_start("rules"), _key="rules")
-    g.description = description
-    return g
+SEARCH_PATH_VAR = "FORMAL_LM_GRAMMAR_PATH"
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: the shipped grammar files are a few hundred bytes
 
 
 def loads(text: str, *, path: str = "<string>") -> Language:
@@ -323,7 +54,7 @@ def loads(text: str, *, path: str = "<string>") -> Language:
     Raises:
         GrammarError: listing every problem found, each with file:line:column.
     """
-    src = _Source(text, path)
+    src = Source(text, path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -339,24 +70,135 @@ def loads(text: str, *, path: str = "<string>") -> Language:
     if isinstance(doc.get("rules"), str) and doc.get("kind") != "pcfg":
         raise GrammarError(Problem("rules is a string, which only kind = 'pcfg' reads",
                                    "use [rules.NAME] tables", src.locate("rules")))
-    return _build(doc, src)
+    return build(doc, src)
 
 
-def shipped() -> dict[str, Path]:
-    """Names of the shipped grammars and their files."""
-    return {p.stem: p for p in sorted(GRAMMAR_DIR.glob("*.toml"))}
+def _shipped_folder() -> Traversable | None:
+    """The folder of the shipped grammar files: the package data ``formal_lm.grammars``."""
+    try:
+        return importlib.resources.files("formal_lm.grammars")
+    except ModuleNotFoundError:
+        pass
+    # An editable install (pip install -e) cannot map the top-level folder grammars/, which has no
+    # __init__.py, onto formal_lm.grammars (pypa/setuptools#4943), and neither can a checkout on
+    # sys.path: both run from the source tree, whose grammars/ is beside the package.
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "grammars").is_dir():
+        return root / "grammars"
+    return None
+
+
+def shipped() -> dict[str, Traversable]:
+    """Names of the shipped grammars and their files (path-like: ``read_text``, ``name``).
+
+    >>> {"anbn", "dyck2", "tomita1"} <= set(shipped())
+    True
+    """
+    folder = _shipped_folder()
+    if folder is None:
+        return {}
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".toml") and f.is_file()),
+                   key=lambda f: f.name)
+    return {f.name[: -len(".toml")]: f for f in files}
+
+
+def _search_path(hidden) -> dict[str, Path]:
+    """The grammar files of ``FORMAL_LM_GRAMMAR_PATH`` by name, less the names in ``hidden``."""
+    found: dict[str, Path] = {}
+    for folder in os.environ.get(SEARCH_PATH_VAR, "").split(os.pathsep):
+        if not folder:
+            continue
+        if not Path(folder).is_dir():
+            raise FormalLMError(Problem(f"{SEARCH_PATH_VAR}: {folder!r} is not a folder",
+                                        f"fix or remove it; folders are separated by "
+                                        f"{os.pathsep!r}"))
+        for f in sorted(Path(folder).glob("*.toml")):
+            name = f.name[: -len(".toml")]
+            if name in hidden or not f.is_file():
+                continue
+            if name in found:
+                raise FormalLMError(Problem(
+                    f"{SEARCH_PATH_VAR}: two grammar files are named {name!r}: "
+                    f"{str(found[name])!r} and {str(f)!r}",
+                    "rename or remove one of them, or load it by its path"))
+            found[name] = f
+    return found
+
+
+def _is_name(text: str) -> bool:
+    """Whether ``text`` can only be a grammar's name: no folder and no .toml ending."""
+    return not (text.endswith(".toml") or os.sep in text or (os.altsep or os.sep) in text)
+
+
+def _read(path: Path) -> str:
+    """The text of a grammar file given by path: an existing .toml file of at most 1 MiB."""
+    where = repr(str(path))
+    if path.suffix != ".toml":
+        raise FormalLMError(Problem(
+            f"{where} is not a grammar file: its name does not end in .toml",
+            "give a grammar's name (formal-lm grammars lists the shipped ones) or the path of a "
+            ".toml grammar file"))
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FormalLMError(Problem(f"grammar file {where} does not exist",
+                                    "check the path")) from None
+    except OSError as e:
+        raise FormalLMError(Problem(f"cannot read grammar file {where}: {e.strerror}",
+                                    "check the path and its permissions")) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise FormalLMError(Problem(f"grammar file {where} is not a regular file",
+                                    "check the path"))
+    too_big = Problem(f"grammar file {where} is larger than the limit of 1 MiB "
+                      f"({MAX_FILE_BYTES} bytes)",
+                      "a grammar file is a few KiB at most: check that this is the file you meant")
+    if info.st_size > MAX_FILE_BYTES:
+        raise FormalLMError(too_big)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat
+    except OSError as e:
+        raise FormalLMError(Problem(f"cannot read grammar file {where}: {e.strerror}",
+                                    "check the path and its permissions")) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise FormalLMError(too_big)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormalLMError(Problem(f"grammar file {where} is not UTF-8 text (byte {e.start})",
+                                    "save it as UTF-8")) from None
 
 
 def load(name_or_path: str | os.PathLike) -> Language:
-    """A shipped grammar by name (``fl.load("anbn")``) or a grammar file by path."""
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        table = shipped()
-        if str(name_or_path) not in table:
-            raise FormalLMError(Problem(f"no shipped grammar named {str(name_or_path)!r}",
-                                        f"use one of {sorted(table)} or a path to a .toml file"))
-        path = table[str(name_or_path)]
-    if not path.exists():
-        raise FormalLMError(Problem(f"grammar file {str(path)!r} does not exist",
-                                    "check the path"))
-    return loads(path.read_text(), path=str(path))
+    """A grammar by name (``fl.load("anbn")``) or from a ``.toml`` grammar file by path.
+
+    A shipped name comes first, then the names of ``FORMAL_LM_GRAMMAR_PATH``; anything else is a
+    path (see the module's docstring).
+
+    >>> load("anbn").name
+    'anbn'
+
+    Raises:
+        FormalLMError: an unknown name, or a path that is not a readable ``.toml`` file of at most
+            1 MiB. GrammarError: a grammar file with problems.
+    """
+    try:
+        text = os.fsdecode(name_or_path)
+    except TypeError:
+        raise FormalLMError(Problem(f"load takes a grammar's name or a path, not "
+                                    f"{type(name_or_path).__name__}",
+                                    'e.g. load("anbn") or load("my-grammar.toml")')) from None
+    table = shipped()
+    if text in table:
+        return loads(table[text].read_text(encoding="utf-8"), path=str(table[text]))
+    if _is_name(text):
+        extra = _search_path(table)
+        if text in extra:
+            return loads(_read(extra[text]), path=str(extra[text]))
+        if not Path(text).suffix:  # with one ("notes.txt"), it is a path: see below
+            where = f" (nor in {SEARCH_PATH_VAR})" if os.environ.get(SEARCH_PATH_VAR) else ""
+            raise FormalLMError(Problem(f"no shipped grammar named {text!r}{where}",
+                                        f"use one of {sorted(table) + sorted(extra)} or a path to "
+                                        "a .toml file"))
+    path = Path(text)
+    return loads(_read(path), path=str(path))

@@ -1,4 +1,5 @@
 """Bad grammar files: every problem reported at once, with file:line:column and a fix."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -194,3 +195,95 @@ def test_non_tight_pcfg_is_an_error_that_says_so():
         """
     ''')
     assert "not tight" in msg and "spectral radius" in msg
+
+
+# load: a shipped name, a name on FORMAL_LM_GRAMMAR_PATH, or a path to a .toml file of <= 1 MiB
+
+MINE = COUNTER.replace('name = "c"', 'name = "mine"')
+ANBN_PROB_AB = 1 / 128  # the shipped anbn: n uniform on 1..128
+
+
+def test_a_path_not_ending_in_toml_is_refused_without_reading_it(tmp_path, capsys):
+    from formal_lm.cli import main
+
+    secret = tmp_path / "notes.txt"
+    secret.write_text("password = hunter2\n")
+    for arg in (secret, str(secret)):
+        with pytest.raises(fl.FormalLMError, match="does not end in .toml") as info:
+            fl.load(arg)
+        assert "hunter2" not in str(info.value)
+    assert main(["inspect", str(secret)]) == 2
+    err = capsys.readouterr().err
+    assert "does not end in .toml" in err and "hunter2" not in err and "Traceback" not in err
+
+
+def test_a_toml_path_loads_and_a_missing_one_is_named(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text(textwrap.dedent(MINE))
+    assert fl.load(good).name == "mine" and fl.load(str(good)).name == "mine"
+    with pytest.raises(fl.FormalLMError, match="'.*nope.toml' does not exist"):
+        fl.load(tmp_path / "nope.toml")
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(fl.FormalLMError, match="is not a regular file"):
+        fl.load(tmp_path / "dir.toml")
+
+
+def test_a_local_file_named_like_a_shipped_grammar_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("anbn").write_text(textwrap.dedent(MINE))
+    assert fl.load("anbn").prob("ab") == pytest.approx(ANBN_PROB_AB)
+    assert fl.load(Path("anbn")).prob("ab") == pytest.approx(ANBN_PROB_AB)
+    Path("anbn.toml").write_text(textwrap.dedent(MINE))
+    assert fl.load("anbn").prob("ab") == pytest.approx(ANBN_PROB_AB)
+    assert fl.load("anbn.toml").name == "mine"  # a .toml path is the file, as given
+    Path("anbm").write_text(textwrap.dedent(MINE))
+    with pytest.raises(fl.FormalLMError, match="no shipped grammar named 'anbm'"):
+        fl.load("anbm")  # a bare name is a name, even when a file of that name is here
+
+
+def test_the_search_path_adds_names_and_never_hides_shipped_ones(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "mine.toml").write_text(textwrap.dedent(MINE))
+    (one / "anbn.toml").write_text(textwrap.dedent(MINE))  # a shipped name: ignored here
+    (two / "other.toml").write_text(textwrap.dedent(COUNTER))
+    monkeypatch.setenv("FORMAL_LM_GRAMMAR_PATH", os.pathsep.join([str(one), "", str(two)]))
+    assert fl.load("mine").name == "mine" and fl.load("other").name == "c"
+    assert fl.load("anbn").prob("ab") == pytest.approx(ANBN_PROB_AB)
+    assert set(fl.shipped()) == {p.stem for p in (ROOT / "grammars").glob("*.toml")}
+    with pytest.raises(fl.FormalLMError, match="no shipped grammar named 'anbm' "
+                                               r"\(nor in FORMAL_LM_GRAMMAR_PATH\)") as info:
+        fl.load("anbm")
+    assert "'mine'" in str(info.value)  # the fix lists the search path's names too
+
+
+def test_a_name_twice_on_the_search_path_is_an_error_naming_both(tmp_path, monkeypatch):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    for folder in (one, two):
+        (folder / "mine.toml").write_text(textwrap.dedent(MINE))
+    monkeypatch.setenv("FORMAL_LM_GRAMMAR_PATH", f"{one}{os.pathsep}{two}")
+    with pytest.raises(fl.FormalLMError, match="two grammar files are named 'mine'") as info:
+        fl.load("mine")
+    assert str(one / "mine.toml") in str(info.value) and str(two / "mine.toml") in str(info.value)
+    assert fl.load("anbn").name == "anbn"  # shipped names do not read the search path
+
+
+def test_a_search_path_folder_that_does_not_exist_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORMAL_LM_GRAMMAR_PATH", str(tmp_path / "typo"))
+    with pytest.raises(fl.FormalLMError, match="FORMAL_LM_GRAMMAR_PATH: '.*typo' is not a folder"):
+        fl.load("mine")
+
+
+def test_a_too_large_file_is_refused_before_reading(tmp_path):
+    from formal_lm.grammar_files import MAX_FILE_BYTES
+
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: NUL bytes, which TOML would reject otherwise
+    with pytest.raises(fl.FormalLMError, match=r"larger than the limit of 1 MiB \(1048576 bytes\)"):
+        fl.load(big)
+    with open(big, "r+b") as f:
+        f.truncate(MAX_FILE_BYTES)  # at the limit: read, and reported as malformed TOML
+    with pytest.raises(fl.GrammarError, match="malformed TOML"):
+        fl.load(big)

@@ -1,40 +1,37 @@
-"""Experiment files: a grid of languages x architectures x objectives, trained over seeds, then
-analysed at one selected checkpoint per seed.
+"""Experiment files: one vocabulary of keys, typed specs (read by ``loader.load_experiment``).
 
-Layout (TOML)::
+Every experiment file has these tables (a key means the same thing in every kind)::
 
     [experiment]
     name = "anbn-rule-extrapolation"
     description = "..."
-    languages = ["anbn-short"]      # shipped grammar names
-    checkpoint = "best"             # "best": lowest validation loss per seed; "last"
-    eval_seed = 10007               # seed of held-out analysis samples (never a training stream)
+    kind = "grid"                   # "grid" (default) | "icl" | "finetune"
+    checkpoint = "best"             # analyses read each seed's "best" (lowest validation loss)
+                                    # or "last" checkpoint
+    eval_seed = 10007               # seed of every held-out analysis sample
+    languages = ["anbn-short"]      # grid only: grammar names or paths (relative to this file)
 
-    [train]                         # formal_lm.training file layout, minus language/model/objective
-    steps = 400
-    seeds = 8
-    [train.optimizer]
+    [train]                         # the training config layout (formal_lm.training), without
+    steps = 600                     # language, model and objective: steps, seeds, batch_size,
+    seeds = 8                       # eval_every, checkpoint_every, [train.optimizer],
+    [train.optimizer]               # [train.data]
     lr = 3e-3
-    [train.data]
-    max_length = 40
 
     [models.transformer]            # one table per architecture: name + its config
     name = "transformer"
-    d_model = 16
 
-    [objectives.normal]             # one table per objective (formal_lm.training ObjectiveConfig)
-    name = "nll"
-
-    [analysis.saturation]           # analyzers to run, with their options
-    [analysis.rule_extrapolation]
-    [analysis.next_symbol_sets]
-    [analysis.length_generalization]
-    [analysis.non_identifiability]
-
+    [analysis.NAME]                 # analyzers and their options (which ones: per kind)
+    [statistics]                    # loss_metric, margin (in its units), alpha
     [published]                     # numbers to set beside ours, with their citation
-    [full]                          # overrides merged over the file with run_experiment(full=True)
+    [full]                          # overrides merged over the file with --full
 
-Unknown keys are errors that name the key and the file; every problem is reported at once.
+Kind-specific tables: grid ``[objectives.KEY]`` (a training objective each); icl ``[family]``
+and ``[ood_family]`` (``formal_lm.studies.icl.PDFAFamily``, without ``max_length``: sequences
+are ``train.data.max_length`` tokens; ``train.data.dataset_size`` is each seed's pool);
+finetune ``[pretrain]`` and ``[finetune]`` (overrides of ``[train]``, each with its
+``language``) and ``[groups.NAME]`` (``model`` = a [models] key, ``rescale`` = c of the
+function-preserving reparametrisation). Unknown keys are errors that name the key and the file;
+every problem is reported at once.
 """
 from __future__ import annotations
 
@@ -43,23 +40,74 @@ import dataclasses
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from formal_lm.errors import FormalLMError, Problem
+from formal_lm.training.config import TrainConfig, config_from_dict
 
+KINDS = ("grid", "icl", "finetune")
 CHECKPOINTS = ("best", "last")
-TOP = {"experiment", "train", "models", "objectives", "analysis", "published", "full"}
-EXPERIMENT_KEYS = {"name", "description", "languages", "checkpoint", "eval_seed"}
-TRAIN_KEYS = {"steps", "seeds", "batch_size", "eval_every", "checkpoint_every", "optimizer", "data"}
-ANALYSIS_KEYS: dict[str, set[str]] = {
-    "saturation": {"n", "threshold"},
-    "rule_extrapolation": {"prompt_length", "max_new_tokens", "decoding", "max_prompts",
-                           "ngram_n", "ngram_k", "ngram_train", "heldout_only"},
-    "next_symbol_sets": {"n", "threshold", "train_max_length"},
-    "length_generalization": {"train_max_length", "test_lengths", "per_bin", "bins", "threshold"},
-    "non_identifiability": {"loss_metric", "alpha", "tolerance"},
+COMMON_TABLES = {"experiment", "train", "models", "analysis", "statistics", "published", "full"}
+KIND_TABLES = {"grid": {"objectives"}, "icl": {"family", "ood_family"},
+               "finetune": {"pretrain", "finetune", "groups"}}
+EXPERIMENT_KEYS = {"name", "description", "kind", "checkpoint", "eval_seed", "languages"}
+STATISTICS_KEYS = {"loss_metric", "margin", "alpha"}
+ANALYSIS_KEYS: dict[str, dict[str, set[str]]] = {
+    "grid": {
+        "saturation": {"n", "threshold"},
+        "rule_extrapolation": {"prompt_length", "max_new_tokens", "decoding", "max_prompts",
+                               "ngram_n", "ngram_k", "ngram_train", "heldout_only"},
+        "next_symbol_sets": {"n", "threshold", "train_max_length"},
+        "length_generalization": {"train_max_length", "test_lengths", "per_bin", "bins",
+                                  "threshold"},
+    },
+    "icl": {"icl": {"position_bins", "ood_size", "ngram_k"}},
+    "finetune": {"transfer": {"ood_language", "eval_size"}},
 }
 PUBLISHED_KEYS = {"citation", "source", "setup", "loss_note", "baseline_eos_pct", "rows", "grid"}
 PUBLISHED_ROW_KEYS = {"model", "seeds", "val_loss", "ood_R1_pct", "language"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """How groups of seeds are compared (``formal_lm.analysis.compare_groups``).
+
+    Attributes:
+        loss_metric: the in-distribution measure whose equality is tested (a measure name,
+            optionally with its analysis label: "kl" or "saturation.kl").
+        margin: the equivalence margin in the loss metric's units; None: the documented default
+            (one pooled seed-to-seed standard deviation, ``analysis.default_margin``).
+        alpha: the level of every test.
+    """
+
+    loss_metric: str
+    margin: float | None
+    alpha: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A grid of languages x models x objectives."""
+
+    languages: tuple[str, ...]
+    objectives: Mapping[str, Mapping]
+
+
+@dataclasses.dataclass(frozen=True)
+class ICL:
+    """In-context learning of a family of random PDFAs."""
+
+    family: Any  # formal_lm.studies.icl.PDFAFamily
+    ood_family: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    """Pre-training on one language, fine-tuning on another, per group."""
+
+    pretrain: Mapping  # [train] with the [pretrain] overrides, with its language
+    finetune: Mapping
+    groups: Mapping[str, tuple[str, float]]  # name -> (model key, rescale c)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,173 +115,106 @@ class Experiment:
     """A validated experiment file.
 
     Attributes:
-        name, description: from ``[experiment]``.
-        languages: grammar names.
-        checkpoint: "best" (lowest validation loss per seed) or "last".
-        eval_seed: seed of every held-out analysis sample.
-        train: the shared training table (file layout).
+        name, description, kind, checkpoint, eval_seed: from ``[experiment]``.
+        train: the ``[train]`` table (training config layout).
         models: {architecture key: model table with ``name``}.
-        objectives: {objective key: objective table with ``name``}.
         analysis: {analyzer name: options}.
+        statistics: how groups are compared.
         published: the ``[published]`` table (may be empty).
+        study: the kind's own part (:class:`Grid`, :class:`ICL` or :class:`Finetune`).
         full: whether the ``[full]`` overrides were applied.
         source: the file.
     """
 
     name: str
     description: str
-    languages: tuple[str, ...]
+    kind: str
     checkpoint: str
     eval_seed: int
-    train: dict
-    models: dict
-    objectives: dict
-    analysis: dict
-    published: dict
+    train: Mapping
+    models: Mapping[str, Mapping]
+    analysis: Mapping[str, Mapping]
+    statistics: Statistics
+    published: Mapping
+    study: Grid | ICL | Finetune
     full: bool
     source: str
 
-    def cells(self) -> list[tuple[str, str, str]]:
-        """(language, model key, objective key) for every grid cell, in file order."""
-        return [(lang, m, o) for lang in self.languages for m in self.models
-                for o in self.objectives]
-
-    @staticmethod
-    def cell_name(language: str, model: str, objective: str) -> str:
-        return f"{language}.{model}.{objective}"
-
-    def train_dict(self, language: str, model: str, objective: str) -> dict:
-        """The formal_lm.training config (file layout) of one cell."""
-        d = copy.deepcopy(self.train)
+    def train_config(self, model: str, *, table: Mapping | None = None, language=None,
+                     objective: Mapping | None = None) -> TrainConfig:
+        """The training config of ``model`` trained with ``table`` (default ``[train]``)."""
+        d = copy.deepcopy(dict(self.train if table is None else table))
+        d.pop("language", None)
+        d["model"] = copy.deepcopy(dict(self.models[model]))
+        if objective is not None:
+            d["objective"] = copy.deepcopy(dict(objective))
         d["language"] = language
-        d["model"] = copy.deepcopy(self.models[model])
-        obj = copy.deepcopy(self.objectives[objective])
-        d["objective"] = obj
-        return d
+        return config_from_dict(d, source=self.source, require_language=False)
 
 
-def _merge(base: dict, over: Mapping) -> dict:
-    out = copy.deepcopy(base)
+class Checker:
+    """Collects every problem of a file before raising them together."""
+
+    def __init__(self, source: str):
+        self.source, self.problems = source, []
+
+    def bad(self, msg: str, fix: str = "") -> None:
+        self.problems.append(Problem(f"{self.source}: {msg}", fix))
+
+    def keys(self, table, allowed, where: str) -> dict:
+        """``table`` as a dict; a non-table and unknown keys are problems."""
+        if not isinstance(table, Mapping):
+            self.bad(f"{where or 'the file'} must be a table")
+            return {}
+        for k in table:
+            if k not in allowed:
+                self.bad(f"unknown key '{where}.{k}'" if where else f"unknown table {k!r}",
+                         f"allowed: {sorted(allowed)}")
+        return dict(table)
+
+    def extend(self, problems, where: str = "") -> None:
+        """Adds problems found in a part (``where``); one already reported is not repeated."""
+        seen = {(p.message.split(" (")[0], p.fix) for p in self.problems}
+        for p in problems:
+            msg = p.message if p.message.startswith(self.source) else f"{self.source}: {p.message}"
+            if (msg, p.fix) not in seen:
+                seen.add((msg, p.fix))
+                self.problems.append(Problem(f"{msg}{f' ({where})' if where else ''}", p.fix))
+
+    def raise_if(self) -> None:
+        if self.problems:
+            raise FormalLMError(self.problems)
+
+
+def merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` merged into a copy of ``base`` (tables recursively)."""
+    out = copy.deepcopy(dict(base))
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
+            out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-def load_experiment(path: str | Path, *, full: bool = False) -> Experiment:
-    """Reads and validates an experiment file (``full=True`` merges its ``[full]`` table).
-
-    Raises:
-        FormalLMError: naming the file and every unknown or invalid key.
-    """
-    path = Path(path)
+def read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
-        raise FormalLMError(Problem(f"cannot read experiment file {path}: {e}")) from None
+        raise FormalLMError(Problem(f"cannot read experiment file {path}: {e.strerror}",
+                                    "check the path")) from None
     except tomllib.TOMLDecodeError as e:
-        raise FormalLMError(Problem(f"{path}: not valid TOML: {e}")) from None
-    exp = raw.get("experiment")
-    kind = exp.get("kind") if isinstance(exp, Mapping) else None
-    if kind in ("icl", "finetune"):  # case studies: formal_lm.casestudies validates them
-        from formal_lm.casestudies import load_finetune_spec, load_icl_spec
-        if full:
-            raise FormalLMError(Problem(f"{path}: full=True but the file has no [full] table"))
-        return (load_icl_spec if kind == "icl" else load_finetune_spec)(path)
-    return experiment_from_dict(raw, full=full, source=str(path))
+        raise FormalLMError(Problem(f"{path}: not valid TOML: {e}",
+                                    "check quotes, brackets and '=' on that line")) from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise FormalLMError(Problem(f"{path}: not a readable TOML file ({type(e).__name__})",
+                                    "save it as UTF-8 text without deep nesting")) from None
 
 
-def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<dict>") -> Experiment:
-    """Validates the file layout (see the module docstring)."""
-    problems: list[Problem] = []
-
-    def bad(msg, fix=""):
-        problems.append(Problem(f"{source}: {msg}", fix))
-
-    def check_keys(table, allowed, where):
-        if not isinstance(table, Mapping):
-            bad(f"{where} must be a table")
-            return {}
-        for k in table:
-            if k not in allowed:
-                bad(f"unknown key '{where}.{k}'" if where else f"unknown key {k!r}",
-                    f"allowed: {sorted(allowed)}")
-        return dict(table)
-
-    check_keys(raw, TOP, "")
-    full_table = raw.get("full", {})
-    check_keys(full_table, TOP - {"full"}, "full")
-    d = {k: v for k, v in raw.items() if k != "full"}
-    if full and isinstance(full_table, Mapping):
-        if not full_table:
-            bad("full=True but the file has no [full] table", "add [full] overrides")
-        d = _merge(d, full_table)
-    exp = check_keys(d.get("experiment", {}), EXPERIMENT_KEYS, "experiment")
-    train = check_keys(d.get("train", {}), TRAIN_KEYS, "train")
-    for k in ("name", "languages"):
-        if k not in exp:
-            bad(f"missing key 'experiment.{k}'")
-    languages = exp.get("languages", [])
-    if not (isinstance(languages, list) and languages and all(isinstance(x, str) for x in languages)):
-        bad(f"experiment.languages={languages!r} must be a non-empty list of grammar names")
-        languages = []
-    else:
-        import formal_lm
-        known = set(formal_lm.shipped()) if hasattr(formal_lm, "shipped") else None
-        for lang in languages:
-            if known is not None and lang not in known:
-                bad(f"experiment.languages: {lang!r} is not a shipped grammar",
-                    f"shipped: {sorted(known)}")
-    checkpoint = exp.get("checkpoint", "best")
-    if checkpoint not in CHECKPOINTS:
-        bad(f"experiment.checkpoint={checkpoint!r} is not allowed", f"use one of {CHECKPOINTS}")
-    eval_seed = exp.get("eval_seed", 10007)
-    if not (isinstance(eval_seed, int) and not isinstance(eval_seed, bool) and eval_seed >= 0):
-        bad(f"experiment.eval_seed={eval_seed!r} must be a non-negative integer")
-    if "steps" not in train:
-        bad("missing key 'train.steps'")
-    models, objectives = {}, {}
-    for table, out, what in ((d.get("models", {}), models, "models"),
-                             (d.get("objectives", {}), objectives, "objectives")):
-        if not isinstance(table, Mapping) or not table:
-            bad(f"[{what}] needs at least one [{what}.KEY] table with a 'name'")
-            continue
-        for key, sub in table.items():
-            if not isinstance(sub, Mapping) or "name" not in sub:
-                bad(f"[{what}.{key}] must be a table with a 'name'")
-            elif "." in key:
-                bad(f"[{what}.{key}]: keys may not contain '.'")
-            else:
-                out[key] = dict(sub)
-    analysis = {}
-    for name, opts in check_keys(d.get("analysis", {}), set(ANALYSIS_KEYS), "analysis").items():
-        analysis[name] = check_keys(opts, ANALYSIS_KEYS.get(name, set()), f"analysis.{name}")
-    published = check_keys(d.get("published", {}), PUBLISHED_KEYS, "published")
-    for key, row in (published.get("rows") or {}).items():
-        check_keys(row, PUBLISHED_ROW_KEYS, f"published.rows.{key}")
-    for arch, row in (published.get("grid") or {}).items():  # {model label: {language: [m, s]}}
-        for lang, v in (row.items() if isinstance(row, Mapping) else []):
-            if not (isinstance(v, list) and len(v) == 2):
-                bad(f"published.grid.{arch}.{lang}={v!r} must be [mean, std] in percent")
-    structural = [p for p in problems if "languages" in p.message or "needs at least one" in p.message]
-    if structural:
-        raise FormalLMError(problems)
-    ex = Experiment(name=exp.get("name", "?"), description=exp.get("description", ""),
-                    languages=tuple(languages), checkpoint=checkpoint, eval_seed=eval_seed,
-                    train=train, models=models, objectives=objectives, analysis=analysis,
-                    published=published, full=full, source=source)
-    # Gather every problem at once: each cell must also be a valid training config (the
-    # training loader names unknown model/optimizer/data/objective keys).
-    from formal_lm.training.config import config_from_dict
-    for cell in ex.cells():
-        try:
-            config_from_dict(ex.train_dict(*cell), source=f"{source} [{ex.cell_name(*cell)}]")
-        except FormalLMError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise FormalLMError(problems)
-    return ex
-
+def resolve_language(name: str, source: str) -> str:
+    """A grammar name as it is, or a path made relative to the experiment file's folder."""
+    if not isinstance(name, str) or not name.endswith(".toml"):
+        return name
+    p = Path(name)
+    return str(p if p.is_absolute() else Path(source).parent / p)

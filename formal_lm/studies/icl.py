@@ -9,7 +9,11 @@ with a fresh automaton per sequence::
 Token ids follow the package layout (PAD=0, BOS=1, EOS=2, symbols from 3); the vocabulary is
 ``Vocab(alphabet + (delimiter,))``, so the delimiter is the last id. Sequences longer than
 ``max_length`` tokens are cut (no EOS): cutting does not change the conditional distribution at
-any kept position, so the oracle stays exact.
+any kept position, so the oracle stays exact. Sequence j of a set drawn with ``seed`` takes all
+its randomness (automaton size, automaton, strings) from ``derive(seed, Stream.ICL_TASK, j)``.
+
+:class:`ICLData` makes such sequences the training data of ``formal_lm.training.fit``: a fixed
+pool per seed, each sequence once per epoch, validated against the exact oracle.
 
 References, per position t (predicting token t+1 from tokens 0..t):
 
@@ -24,17 +28,20 @@ Shape glossary:  N sequences   T tokens   V vocab (= |alphabet| + 4)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.metrics import log_softmax, token_kl
+from formal_lm.analysis.predictor import call_model
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.pfsa import PFSA, random_pdfa
-from formal_lm.training.data import derive
+from formal_lm.seeding import SHARED, Stream, derive, rng
+from formal_lm.training.data import EpochOrder, Validation, digest
 from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 
 DELIMITER = "|"
-_ICL_STREAM = 101  # derive(seed, _ICL_STREAM, index): the automaton and strings of one sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +104,10 @@ class PDFAFamily:
     def delimiter_id(self) -> int:
         return self.vocab.size - 1
 
-    def automaton(self, seed: int) -> PFSA:
-        """The automaton of the sequence with this derived seed."""
-        rng = np.random.default_rng(seed)
-        n = int(rng.integers(self.n_states[0], self.n_states[1] + 1))
-        return random_pdfa(n, self.alphabet, seed=int(rng.integers(2**31)), density=self.density,
+    def automaton(self, r: np.random.Generator) -> PFSA:
+        """An automaton of the family, drawn with ``r``."""
+        n = int(r.integers(self.n_states[0], self.n_states[1] + 1))
+        return random_pdfa(n, self.alphabet, seed=int(r.integers(2**31)), density=self.density,
                            stop_prob=self.stop_prob)
 
 
@@ -151,7 +157,7 @@ def oracle_table(family: PDFAFamily, pdfa: PFSA, strings: Sequence[Sequence[str]
 
 
 def icl_batch(family: PDFAFamily, n: int, *, seed: int, start: int = 0) -> ICLBatch:
-    """``n`` sequences; sequence j uses automaton and strings from ``derive(seed, ICL, start+j)``.
+    """``n`` sequences; sequence j draws from ``derive(seed, Stream.ICL_TASK, start + j)``.
 
     Example:
         >>> fam = PDFAFamily(n_states=(2, 2), alphabet_size=2, strings_per_sequence=2,
@@ -173,14 +179,14 @@ def icl_batch(family: PDFAFamily, n: int, *, seed: int, start: int = 0) -> ICLBa
 
 
 def _draw(family: PDFAFamily, n: int, seed: int, start: int):
-    """(ids int32 [n, T], automata, strings): sequence j from ``derive(seed, ICL, start+j)``."""
+    """(ids int32 [n, T], automata, strings): sequence j from ``(seed, ICL_TASK, start + j)``."""
     T, k = family.max_length, family.strings_per_sequence
     ids = np.zeros((n, T), np.int32)
     autos, strs = [], []
     for j in range(n):
-        s = derive(seed, _ICL_STREAM, start + j)
-        pdfa = family.automaton(s)
-        strings = pdfa.sample(k, seed=derive(s, _ICL_STREAM, 1))
+        r = rng(seed, Stream.ICL_TASK, start + j)
+        pdfa = family.automaton(r)
+        strings = pdfa.sample(k, seed=int(r.integers(2**31)))
         toks = sequence_tokens(family, strings)[:T]
         ids[j, :len(toks)] = toks
         autos.append(pdfa)
@@ -191,6 +197,53 @@ def _draw(family: PDFAFamily, n: int, seed: int, start: int):
 def icl_training_pool(family: PDFAFamily, n: int, *, seed: int) -> np.ndarray:
     """int32 [n, T] training sequences: ``icl_batch(...).ids`` without building the oracle."""
     return _draw(family, n, seed, 0)[0]
+
+
+class ICLData:
+    """Sequences of a PDFA family as ``formal_lm.training.fit`` data.
+
+    Seed ``s`` trains on a fixed pool of ``pool_size`` sequences drawn with seed ``s``, each once
+    per epoch (order from ``derive(s, Stream.TRAIN, -2, epoch)``); every seed is validated on the
+    same ``eval_size`` held-out sequences with their exact per-sequence oracle.
+    """
+
+    floor = None  # no exact loss floor: the Bayes-optimal in-context predictor is not computed
+
+    def __init__(self, family: PDFAFamily, *, batch_size: int, pool_size: int, eval_size: int,
+                 bucket: int = 16, eval_seed: int = SHARED):
+        self.family, self.batch_size, self.pool_size = family, batch_size, pool_size
+        self.eval_size, self.eval_seed = eval_size, eval_seed
+        self.vocab_size = family.vocab.size
+        self.bucket, self.max_tokens = bucket, family.max_length
+        self._pools: dict[int, tuple[np.ndarray, EpochOrder]] = {}
+        self._validation = None
+
+    def train_ids(self, seed: int, step: int) -> np.ndarray:
+        if seed not in self._pools:
+            self._pools[seed] = (icl_training_pool(self.family, self.pool_size, seed=seed),
+                                 EpochOrder(self.pool_size, seed))
+        pool, order = self._pools[seed]
+        return pool[order.indices(step, self.batch_size)]
+
+    def ood_batch(self, seed: int, step: int):
+        return None
+
+    def validation(self) -> Validation:
+        if self._validation is None:
+            b = icl_batch(self.family, self.eval_size,
+                          seed=derive(self.eval_seed, Stream.ICL_EVAL, 0))
+            self._validation = Validation(b.ids, b.oracle.astype(np.float32))
+        return self._validation
+
+    def identity(self) -> dict:
+        v = self.validation()
+        return {"kind": "icl", "family": {k: list(x) if isinstance(x, tuple) else x
+                                          for k, x in dataclasses.asdict(self.family).items()},
+                "pool_size": self.pool_size, "batch_size": self.batch_size,
+                "validation": digest(v.ids, v.p_true)}
+
+    def files(self) -> dict[str, str]:
+        return {}
 
 
 # ----------------------------------------------------------------------------- n-gram baselines
@@ -238,6 +291,8 @@ class ICLScores:
     """One predictor scored against the oracle on one evaluation set.
 
     Attributes:
+        set_name: which evaluation set ("heldout": held-out automata of the training family;
+            "larger": the off-distribution family).
         ce: nats per real target token (the observed next token).
         kl: mean over real positions of KL(oracle || predictor).
         valid_mass: mean probability the predictor puts on tokens the oracle allows.
@@ -248,6 +303,7 @@ class ICLScores:
             1 = the oracle (None for the baselines themselves).
     """
 
+    set_name: str
     ce: float
     kl: float
     valid_mass: float
@@ -256,56 +312,72 @@ class ICLScores:
     kl_by_position: tuple[float, ...]
     gap_closed: float | None = None
 
+    def measures(self) -> tuple[M.Measure, ...]:
+        scope = M.IN_DISTRIBUTION if self.set_name == "heldout" else M.OUT_OF_DISTRIBUTION
+        what = ("held-out automata of the training family" if self.set_name == "heldout"
+                else "automata of the larger family")
+        return (
+            M.nats("ce", self.ce, scope, f"NLL per real target token on {what}", headline=True),
+            M.nats("kl", self.kl, scope, f"KL(oracle || model) per real target token on {what}",
+                   headline=True, tested=True),
+            M.Measure("gap_closed", self.gap_closed, "ratio", True, scope, "1 - KL(model) / "
+                      f"KL(in-context bigram) on {what} (negative: worse than the bigram)",
+                      headline=True),
+            M.fraction("valid_mass", self.valid_mass, scope,
+                       f"mean probability on tokens the oracle allows, {what}"),
+            M.fraction("argmax_valid", self.argmax_valid, scope,
+                       f"share of positions whose most likely token is allowed, {what}"),
+            M.nats("kl_first_string", self.kl_by_string[0], scope,
+                   f"KL on the first string of each sequence, {what}"),
+            M.nats("kl_last_string", self.kl_by_string[-1], scope,
+                   f"KL on the last string of each sequence, {what}"),
+        )
 
-def _kl_rows(p, logq):
-    pos = p > 0
-    return np.where(pos, p * (np.log(np.where(pos, p, 1.0)) - logq), 0.0).sum(-1)
+
+def _binned_means(values: np.ndarray, mask: np.ndarray, bins: np.ndarray, n: int):
+    return tuple(float(values[mask & (bins == i)].mean()) if (mask & (bins == i)).any()
+                 else float("nan") for i in range(n))
 
 
-def score_predictor(batch: ICLBatch, logq: np.ndarray, *, position_bins: Sequence[int],
-                    bigram_kl: float | None = None) -> ICLScores:
+def score_logq(set_name: str, batch: ICLBatch, logq: np.ndarray, *,
+               position_bins: Sequence[int], bigram_kl: float | None = None) -> ICLScores:
     """Scores log-probabilities ``logq`` [N, T-1, V] against ``batch``'s oracle."""
     ids, p = batch.ids, batch.oracle
     mask = ids[:, 1:] != PAD_ID  # [N, T-1] real targets
-    tgt = ids[:, 1:]
     with np.errstate(divide="ignore"):
         logq = np.maximum(logq, -1e30)
-    ce = float(-np.take_along_axis(logq, tgt[..., None], -1)[..., 0][mask].mean())
-    kl = _kl_rows(p, logq)  # [N, T-1]
+    ce = float(-np.take_along_axis(logq, ids[:, 1:, None], -1)[..., 0][mask].mean())
+    kl = token_kl(p, logq)  # [N, T-1]
     q = np.exp(logq)
     allowed = p > 0
     valid_mass = float((q * allowed).sum(-1)[mask].mean())
     arg = np.take_along_axis(allowed, q.argmax(-1)[..., None], -1)[..., 0]
-    argmax_valid = float(arg[mask].mean())
     k = int(batch.string_index.max()) + 1
-    by_s = tuple(float(kl[mask & (batch.string_index == i)].mean())
-                 if (mask & (batch.string_index == i)).any() else float("nan") for i in range(k))
     pos = np.broadcast_to(np.arange(kl.shape[1]), kl.shape)
-    edges = list(position_bins) + [kl.shape[1]]
-    by_p = tuple(float(kl[mask & (pos >= a) & (pos < b)].mean())
-                 if (mask & (pos >= a) & (pos < b)).any() else float("nan")
-                 for a, b in zip(edges[:-1], edges[1:]))
+    edges = np.asarray(list(position_bins) + [kl.shape[1]])
+    pos_bin = np.searchsorted(edges, pos, side="right") - 1
     kl_mean = float(kl[mask].mean())
     gap = None if bigram_kl is None else 1.0 - kl_mean / bigram_kl
-    return ICLScores(ce, kl_mean, valid_mass, argmax_valid, by_s, by_p, gap)
+    return ICLScores(set_name, ce, kl_mean, valid_mass, float(arg[mask].mean()),
+                     _binned_means(kl, mask, batch.string_index, k),
+                     _binned_means(kl, mask, pos_bin, len(edges) - 1), gap)
 
 
-def baseline_scores(batch: ICLBatch, vocab_size: int, *, position_bins: Sequence[int],
-                    k: float = 0.5) -> dict[str, ICLScores]:
+def baseline_scores(set_name: str, batch: ICLBatch, vocab_size: int, *,
+                    position_bins: Sequence[int], k: float = 0.5) -> dict[str, ICLScores]:
     """The oracle and the in-context unigram/bigram/trigram baselines scored on ``batch``."""
     out = {}
     with np.errstate(divide="ignore"):
-        out["oracle"] = score_predictor(batch, np.log(batch.oracle), position_bins=position_bins)
+        out["oracle"] = score_logq(set_name, batch, np.log(batch.oracle),
+                                   position_bins=position_bins)
         for n, name in ((1, "unigram"), (2, "bigram"), (3, "trigram")):
             q = ngram_in_context(batch.ids, n, vocab_size, k=k)
-            out[name] = score_predictor(batch, np.log(q), position_bins=position_bins)
+            out[name] = score_logq(set_name, batch, np.log(q), position_bins=position_bins)
     return out
 
 
-def analyze_icl(logprob_fn: Callable[[np.ndarray], np.ndarray], batch: ICLBatch, *,
-                position_bins: Sequence[int], bigram_kl: float, chunk: int = 128) -> ICLScores:
-    """Scores a model (``ids [B, T] -> log-probs [B, T, V]``) against the oracle."""
-    ids = batch.ids
-    logq = np.concatenate([logprob_fn(ids[i:i + chunk, :-1]) for i in range(0, len(ids), chunk)])
-    return score_predictor(batch, logq.astype(np.float64), position_bins=position_bins,
-                           bigram_kl=bigram_kl)
+def score_predictor(predictor, set_name: str, batch: ICLBatch, *, position_bins: Sequence[int],
+                    bigram_kl: float) -> ICLScores:
+    """Scores a predictor (anything ``as_predictor`` accepts) against the oracle."""
+    logq = log_softmax(call_model(predictor, batch.ids))[:, :-1]  # [N, T-1, V]
+    return score_logq(set_name, batch, logq, position_bins=position_bins, bigram_kl=bigram_kl)

@@ -1,0 +1,158 @@
+"""Per-seed records of an experiment: typed analysis results, flattened only when written.
+
+A :class:`SeedRecord` holds, for one seed of one group, the analyzers' result objects by label
+(``"saturation"``, ``"rule_extrapolation.heldout"``, ...). Their ``measures()`` carry each
+number's unit and direction; a measure is addressed as ``"label.name"`` (or by its bare name
+when only one analysis reports it). CSV and JSON are written from these here and nowhere else.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from formal_lm.analysis import compare_groups
+from formal_lm.analysis import measures as M
+from formal_lm.experiments.spec import Statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """Which checkpoint a seed's analyses read, and its training metrics there."""
+
+    rule: str  # "best" or "last"
+    step: int | None
+    val_loss: float | None
+    val_kl: float | None
+
+    def measures(self) -> tuple[M.Measure, ...]:
+        return (M.nats("val_loss", self.val_loss, M.IN_DISTRIBUTION, "validation loss per real "
+                       "target token at the analysed checkpoint", headline=True),
+                M.nats("val_kl", self.val_kl, M.IN_DISTRIBUTION, "exact KL per real target "
+                       "token on the validation set at the analysed checkpoint"),
+                M.count("step", self.step, f"step of the analysed ({self.rule}) checkpoint"))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedRecord:
+    """One seed of one group: its analysis results by label."""
+
+    group: str
+    seed: int
+    results: Mapping[str, Any]
+
+    def measures(self) -> dict[str, M.Measure]:
+        return {f"{label}.{m.name}": m for label, r in self.results.items()
+                for m in r.measures()}
+
+    def measure(self, key: str) -> M.Measure | None:
+        ms = self.measures()
+        if key in ms:
+            return ms[key]
+        hits = [m for k, m in ms.items() if k.endswith("." + key)]
+        return hits[0] if len(hits) == 1 else None
+
+    def value(self, key: str) -> float | None:
+        m = self.measure(key)
+        return None if m is None else m.value
+
+
+def grouped(records: Sequence[SeedRecord]) -> dict[str, list[SeedRecord]]:
+    """Records by group, groups in first-seen order."""
+    out: dict[str, list[SeedRecord]] = {}
+    for r in records:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def keys_where(records: Sequence[SeedRecord], keep) -> list[str]:
+    """Measure keys (in first-seen order) whose Measure satisfies ``keep``."""
+    out: dict[str, None] = {}
+    for r in records:
+        out.update({k: None for k, m in r.measures().items() if keep(m)})
+    return list(out)
+
+
+def resolve_key(records: Sequence[SeedRecord], key: str) -> str:
+    """The full "label.name" key that ``key`` names in these records."""
+    full = keys_where(records, lambda m: True)
+    if key in full:
+        return key
+    hits = [k for k in full if k.endswith("." + key)]
+    if len(hits) != 1:
+        from formal_lm.errors import FormalLMError, Problem
+        raise FormalLMError(Problem(f"measure {key!r} is {'ambiguous' if hits else 'unknown'}"
+                                    f" in these records", f"use one of {full}"))
+    return hits[0]
+
+
+def compare(records: Sequence[SeedRecord], stats: Statistics, *, seed: int,
+            tested: Sequence[str] | None = None):
+    """``analysis.compare_groups`` of the groups: loss equivalence at the margin, and a
+    difference test of each ``tested`` key (default: every measure marked ``tested`` that every
+    seed has)."""
+    loss = resolve_key(records, stats.loss_metric)
+    if tested is None:
+        tested = [k for k in keys_where(records, lambda m: m.tested)
+                  if all(r.value(k) is not None for r in records)]
+    tested = list(tested)
+    groups = {g: {k: [v for r in rs if (v := r.value(k)) is not None] for k in [loss] + tested}
+              for g, rs in grouped(records).items()}
+    percent = [k for k in tested if records[0].measure(k) and records[0].measure(k).percent]
+    return compare_groups(groups, loss_metric=loss, ood_metrics=tested, margin=stats.margin,
+                          alpha=stats.alpha, seed=seed, percent_metrics=percent)
+
+
+def jsonable(x):
+    """``x`` as strict JSON values (dataclasses as dicts, non-finite floats as None)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)
+                if f.repr}
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(obj, path: Path) -> None:
+    Path(path).write_text(json.dumps(jsonable(obj), indent=1, allow_nan=False))
+
+
+def write_csv(records: Sequence[SeedRecord], path: Path) -> None:
+    """One row per seed: group, seed, then every measure (blank where undefined)."""
+    keys = keys_where(records, lambda m: True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "seed"] + keys)
+        for r in records:
+            ms = r.measures()
+            w.writerow([r.group, r.seed] + [_cell(ms.get(k)) for k in keys])
+
+
+def _cell(m: M.Measure | None):
+    if m is None or m.value is None:
+        return ""
+    return int(m.value) if m.unit == "count" and m.value.is_integer() else m.value
+
+
+def records_json(records: Sequence[SeedRecord]) -> list[dict]:
+    """Records as JSON: group, seed, and per label the result's fields and measures."""
+    return [{"group": r.group, "seed": r.seed,
+             "results": {label: {"measures": {m.name: m.value for m in res.measures()},
+                                 "detail": jsonable(res)} for label, res in r.results.items()}}
+            for r in records]

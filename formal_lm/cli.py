@@ -101,8 +101,23 @@ def cmd_run(args) -> None:
     run_experiment(args.experiment, args.out, full=args.full, resume=not args.restart)
 
 
+GRAMMAR_HELP = "a shipped grammar's name or a path to a grammar file"
 CPU_DEVICES_HELP = ("split the CPU into N JAX devices and shard the seeds over them (faster "
                     "for several seeds; N = the number of cores is a good choice)")
+
+
+def _add_writing_command(sub, name: str, help: str, fn, source: tuple[str, str], out_help: str,
+                         flags: dict[str, str]) -> None:
+    """Adds a subcommand that reads one file, writes into ``--out`` and may shard over CPU
+    devices (``train``, ``run``): ``source`` is the file argument's (name, help), ``flags`` maps
+    each on/off option to its help."""
+    c = sub.add_parser(name, help=help)
+    c.add_argument(source[0], help=source[1])
+    c.add_argument("--out", required=True, help=out_help)
+    for flag, flag_help in flags.items():
+        c.add_argument(flag, action="store_true", help=flag_help)
+    c.add_argument("--cpu-devices", type=int, metavar="N", help=CPU_DEVICES_HELP)
+    c.set_defaults(fn=fn)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -112,30 +127,25 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grammars", help="list the shipped grammars, one line each")
     g.set_defaults(fn=cmd_grammars)
     i = sub.add_parser("inspect", help="exact facts about a grammar: entropy, optimal loss, ...")
-    i.add_argument("grammar", help="a shipped grammar's name or a path to a grammar file")
+    i.add_argument("grammar", help=GRAMMAR_HELP)
     i.add_argument("--max-length", type=int, default=12, help="lengths shown in the mass table")
     i.add_argument("--samples", type=int, default=5, help="how many samples to show")
     i.set_defaults(fn=cmd_inspect)
     s = sub.add_parser("sample", help="exact samples, one per line")
-    s.add_argument("grammar", help="a shipped grammar's name or a path to a grammar file")
+    s.add_argument("grammar", help=GRAMMAR_HELP)
     s.add_argument("-n", type=int, default=10, help="number of samples")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--length", type=int, default=None, help="condition on this length")
     s.set_defaults(fn=cmd_sample)
-    t = sub.add_parser("train", help="train the seeds a config declares")
-    t.add_argument("config", help="a training config (TOML)")
-    t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="resume from the last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument("--cpu-devices", type=int, metavar="N", help=CPU_DEVICES_HELP)
-    t.set_defaults(fn=cmd_train)
-    r = sub.add_parser("run", help="run an experiment end to end and write a report")
-    r.add_argument("experiment", help="an experiment file (TOML)")
-    r.add_argument("--out", required=True, help="output directory (report.md, results)")
-    r.add_argument("--full", action="store_true", help="the paper-sized variant (for a GPU)")
-    r.add_argument("--restart", action="store_true", help="ignore finished work in --out")
-    r.add_argument("--cpu-devices", type=int, metavar="N", help=CPU_DEVICES_HELP)
-    r.set_defaults(fn=cmd_run)
+    _add_writing_command(sub, "train", "train the seeds a config declares", cmd_train,
+                         ("config", "a training config (TOML)"), "run directory",
+                         {"--resume": "resume from the last checkpoint",
+                          "--no-progress": "hide the progress bar"})
+    _add_writing_command(sub, "run", "run an experiment end to end and write a report", cmd_run,
+                         ("experiment", "an experiment file (TOML)"),
+                         "output directory (report.md, results)",
+                         {"--full": "the paper-sized variant (for a GPU)",
+                          "--restart": "ignore finished work in --out"})
     return p
 
 

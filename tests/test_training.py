@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import jax
@@ -367,9 +362,9 @@ def test_public_names_have_docstrings():
         assert getattr(t, name).__doc__, name
 
 
-def test_python_m_training_is_formal_lm_train(tmp_path, capsys):
-    """``python -m formal_lm.training CONFIG RUN_DIR`` runs ``formal-lm train`` (one CLI)."""
-    from formal_lm.training.__main__ import main
+def test_formal_lm_train_command(tmp_path, capsys):
+    """``formal-lm train CONFIG --out RUN_DIR`` trains and prints a per-seed summary."""
+    from formal_lm.cli import main
 
     cfg = write(tmp_path, """
         language = "anbn-short"
@@ -388,7 +383,9 @@ def test_python_m_training_is_formal_lm_train(tmp_path, capsys):
         bucket = 36
         eval_size = 8
         """)
-    assert main([str(cfg), str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert "2 steps in" in capsys.readouterr().out
-    assert [m["step"] for m in metrics(tmp_path / "run")] == [2]
-    assert main([str(cfg)]) == 2  # no RUN_DIR: usage, not a traceback
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2]
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

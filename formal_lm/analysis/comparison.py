@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -40,9 +41,25 @@ _Arrays = dict[tuple[str, str], np.ndarray]  # {(group, metric): per-seed values
 
 
 # ------------------------------------------------------------------------------------ results
+def _forwarding(field: str, names: Sequence[str], prefix: str = ""):
+    """Class decorator: for each of ``names``, a read-only property ``prefix + name`` that reads
+    ``name`` of the object in ``field`` (``@_forwarding("summary", ["mean"])`` makes ``x.mean``
+    read ``x.summary.mean``)."""
+    def decorate(cls):
+        for name in names:
+            setattr(cls, prefix + name, property(operator.attrgetter(f"{field}.{name}"),
+                                                 doc=f"``{field}.{name}``."))
+        return cls
+
+    return decorate
+
+
+@_forwarding("summary", ["values", "n", "mean", "std", "ci_low", "ci_high"])
 @dataclasses.dataclass(frozen=True)
 class MetricSummary:
     """One metric of one group over its seeds.
+
+    ``values``, ``n``, ``mean``, ``std``, ``ci_low`` and ``ci_high`` read those of ``summary``.
 
     Attributes:
         group: the group name.
@@ -54,34 +71,13 @@ class MetricSummary:
     metric: str
     summary: Summary
 
-    @property
-    def values(self) -> tuple[float, ...]:
-        return self.summary.values
 
-    @property
-    def n(self) -> int:
-        return self.summary.n
-
-    @property
-    def mean(self) -> float:
-        return self.summary.mean
-
-    @property
-    def std(self) -> float:
-        return self.summary.std
-
-    @property
-    def ci_low(self) -> float:
-        return self.summary.ci_low
-
-    @property
-    def ci_high(self) -> float:
-        return self.summary.ci_high
-
-
+@_forwarding("test", ["diff", "permutation_p", "welch_t", "welch_p", "differs"])
 @dataclasses.dataclass(frozen=True)
 class MetricTest:
     """An OOD metric compared between the two groups of a pair.
+
+    ``diff``, ``permutation_p``, ``welch_t``, ``welch_p`` and ``differs`` read those of ``test``.
 
     Attributes:
         metric: the metric name.
@@ -91,30 +87,13 @@ class MetricTest:
     metric: str
     test: DifferenceTest
 
-    @property
-    def diff(self) -> float:
-        return self.test.diff
 
-    @property
-    def permutation_p(self) -> float:
-        return self.test.permutation_p
-
-    @property
-    def welch_t(self) -> float:
-        return self.test.welch_t
-
-    @property
-    def welch_p(self) -> float:
-        return self.test.welch_p
-
-    @property
-    def differs(self) -> bool:
-        return self.test.differs
-
-
+@_forwarding("loss", ["diff", "equivalent"], prefix="loss_")
 @dataclasses.dataclass(frozen=True)
 class PairComparison:
     """Two groups compared: loss equivalence at the margin, and each OOD metric's difference.
+
+    ``loss_diff`` and ``loss_equivalent`` read ``loss.diff`` and ``loss.equivalent``.
 
     Attributes:
         a: first group.
@@ -140,14 +119,6 @@ class PairComparison:
     can_reach_alpha: bool
     finding: bool
     verdict: Verdict
-
-    @property
-    def loss_diff(self) -> float:
-        return self.loss.diff
-
-    @property
-    def loss_equivalent(self) -> bool:
-        return self.loss.equivalent
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,10 +22,10 @@ from formal_lm.errors import Problem
 class EquivalenceTest:
     """Is ``|mean(x) - mean(y)| < margin``? Two one-sided Welch t-tests (TOST).
 
+    ``diff``, ``n_x`` and ``n_y`` are as in ``DifferenceTest``: ``mean(x) - mean(y)`` and the
+    sizes of x and y.
+
     Attributes:
-        diff: ``mean(x) - mean(y)``.
-        n_x: size of x.
-        n_y: size of y.
         margin: the equivalence margin, in the metric's units.
         alpha: the level of each one-sided test (and of the equivalence claim).
         se: standard error of ``diff`` (Welch).

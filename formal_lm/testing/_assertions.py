@@ -163,10 +163,10 @@ class _Position:
     detail: str
 
 
-def _model_probs(model_fn, lang, s) -> np.ndarray:
-    """Model next-token probabilities [len(s) + 1, V] after each prefix of s (softmax)."""
+def _model_log_probs(model_fn, lang, s) -> np.ndarray:
+    """Model next-token log-probabilities [len(s) + 1, V] after each prefix of s."""
     ids = lang.vocab.encode(s).tolist()  # [BOS, s..., EOS]
-    return np.exp(log_softmax(_logits(model_fn, ids)[: len(s) + 1]))
+    return log_softmax(_logits(model_fn, ids)[: len(s) + 1])
 
 
 def _tokens(lang, mask) -> list[str]:
@@ -197,12 +197,9 @@ def assert_next_token_sets(model_fn: ModelFn, lang, *, strings: st.SearchStrateg
     if not (isinstance(threshold, (int, float)) and 0 <= threshold < 1):
         problems.append(Problem(f"threshold={threshold!r} must be in [0, 1)"))
     check(problems)
-    strategy = strings_strategy(lang) if strings is None else strings
 
-    def first_bad(s):
-        s = tuple(s)
-        exact = lang.next_token_table(s)  # [len(s) + 1, V]
-        model = _model_probs(model_fn, lang, s)
+    def first_bad(s, exact, logq):
+        model = np.exp(logq)
         for t in range(len(s) + 1):
             if exact[t].sum() == 0:
                 break
@@ -214,17 +211,29 @@ def assert_next_token_sets(model_fn: ModelFn, lang, *, strings: st.SearchStrateg
                                        f" extra {_tokens(lang, got & ~want)})")
         return None
 
-    _raise_shortest(lang, f"wrong next-token set (threshold={threshold})", strategy,
+    _raise_shortest(model_fn, lang, f"wrong next-token set (threshold={threshold})", strings,
                     first_bad, max_examples)
 
 
-def _raise_shortest(lang, title: str, strategy, first_bad, max_examples: int) -> None:
-    """Searches ``strategy`` for a string where ``first_bad`` finds a bad position; raises an
-    AssertionError showing the shortest one found and the first bad prefix."""
-    bad = _search(strategy, lambda s: first_bad(s) is not None, max_examples)
+def _raise_shortest(model_fn, lang, title: str, strings, first_bad, max_examples: int) -> None:
+    """Searches ``strings`` (default ``strings(lang)``) for a string where ``first_bad`` finds a
+    bad position; raises an AssertionError showing the shortest one found and the first bad
+    prefix.
+
+    ``first_bad(s, exact, logq)`` gets the string as a tuple, the exact next-token table and the
+    model's next-token log-probabilities (both [len(s) + 1, V]), and returns the first bad
+    ``_Position`` or None.
+    """
+    strategy = strings_strategy(lang) if strings is None else strings
+
+    def bad_position(s):
+        s = tuple(s)
+        return first_bad(s, lang.next_token_table(s), _model_log_probs(model_fn, lang, s))
+
+    bad = _search(strategy, lambda s: bad_position(s) is not None, max_examples)
     if bad is None:
         return
-    pos = first_bad(bad)
+    pos = bad_position(bad)
     raise AssertionError(
         f"{lang.name}: {title}\n"
         f"  string: {_show(bad)} ({len(bad)} symbols, the shortest failing string found)\n"
@@ -255,13 +264,8 @@ def assert_close_to_language(model_fn: ModelFn, lang, *, max_kl: float = 0.05,
     if not (isinstance(max_kl, (int, float)) and max_kl >= 0):
         problems.append(Problem(f"max_kl={max_kl!r} must be a number >= 0"))
     check(problems)
-    strategy = strings_strategy(lang) if strings is None else strings
 
-    def first_bad(s):
-        s = tuple(s)
-        exact = lang.next_token_table(s)  # [len(s) + 1, V]
-        ids = lang.vocab.encode(s).tolist()
-        logq = log_softmax(_logits(model_fn, ids)[: len(s) + 1])
+    def first_bad(s, exact, logq):
         with np.errstate(divide="ignore", invalid="ignore"):  # -inf log-probs give +inf KL
             kl = token_kl(exact, logq)  # [len(s) + 1]
         for t in range(len(s) + 1):
@@ -273,4 +277,5 @@ def assert_close_to_language(model_fn: ModelFn, lang, *, max_kl: float = 0.05,
                                        f"  exact: {fmt(exact[t])}\n  model: {fmt(np.exp(logq[t]))}")
         return None
 
-    _raise_shortest(lang, "model too far from the language", strategy, first_bad, max_examples)
+    _raise_shortest(model_fn, lang, "model too far from the language", strings, first_bad,
+                    max_examples)

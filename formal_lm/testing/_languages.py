@@ -25,13 +25,28 @@ def _alphabet_problems(alphabet) -> list[Problem]:
     return check_symbols(tuple(alphabet))
 
 
+def _int_problems(least: int, **values) -> list[Problem]:
+    """A problem per value (passed as name=value) that is not an integer >= ``least``."""
+    return [Problem(f"{name}={v!r} must be an integer >= {least}") for name, v in values.items()
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= least)]
+
+
 def _range_problems(lo_name, lo, hi_name, hi, least) -> list[Problem]:
-    for name, v in ((lo_name, lo), (hi_name, hi)):
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
-            return [Problem(f"{name}={v!r} must be an integer >= {least}")]
-    if lo > hi:
+    problems = _int_problems(least, **{lo_name: lo, hi_name: hi})[:1]
+    if not problems and lo > hi:
         return [Problem(f"{lo_name}={lo} > {hi_name}={hi}", f"make {lo_name} <= {hi_name}")]
-    return []
+    return problems
+
+
+def _checked(problems, draw) -> st.SearchStrategy:
+    """The composite strategy of ``draw(draw)``, deferred until first drawn from; then the
+    arguments are checked: ``problems()`` returns what is wrong with them (``check`` raises it).
+    """
+    def build():
+        check(problems())
+        return st.composite(draw)()
+
+    return st.deferred(build)
 
 
 _weights = st.integers(1, 4)
@@ -49,39 +64,36 @@ def pfsas(*, alphabet: Sequence[str] = ("a", "b"), min_states: int = 1, max_stat
         >>> find(pfsas(), lambda m: len(m.states) >= 2).states
         (0, 1)
     """
-    def build():
-        problems = _alphabet_problems(alphabet)
-        problems += _range_problems("min_states", min_states, "max_states", max_states, 1)
+    def problems():
+        found = _alphabet_problems(alphabet)
+        found += _range_problems("min_states", min_states, "max_states", max_states, 1)
         if not (isinstance(min_halt, (int, float)) and 0 < min_halt <= 0.5):
-            problems.append(Problem(f"min_halt={min_halt!r} must be in (0, 0.5]",
-                                    "a state that never halts could make the automaton leak"))
-        check(problems)
+            found.append(Problem(f"min_halt={min_halt!r} must be in (0, 0.5]",
+                                 "a state that never halts could make the automaton leak"))
+        return found
+
+    def draw(draw):
         from formal_lm.pfsa import PFSA
         syms = tuple(alphabet)
+        n = draw(st.integers(min_states, max_states))
+        arcs, final = [], {}
+        for q in range(n):
+            halt = draw(st.sampled_from([0.5, 0.25, 0.2, 0.1]).filter(lambda h: h >= min_halt)
+                        | st.floats(min_halt, 0.5))
+            used = draw(st.lists(st.sampled_from(syms), min_size=1, max_size=len(syms),
+                                 unique=True))
+            raw = []
+            for a in used:
+                k = 1 if deterministic else draw(st.integers(1, min(2, n)))
+                targets = draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k,
+                                        unique=True))
+                raw += [(a, r, draw(_weights)) for r in targets]
+            total = sum(w for _, _, w in raw)
+            arcs += [(q, a, r, (1 - halt) * w / total) for a, r, w in raw]
+            final[q] = halt
+        return PFSA("hypothesis-pfsa", arcs, final, 0, alphabet=syms)
 
-        @st.composite
-        def draw(draw):
-            n = draw(st.integers(min_states, max_states))
-            arcs, final = [], {}
-            for q in range(n):
-                halt = draw(st.sampled_from([0.5, 0.25, 0.2, 0.1]).filter(lambda h: h >= min_halt)
-                            | st.floats(min_halt, 0.5))
-                used = draw(st.lists(st.sampled_from(syms), min_size=1, max_size=len(syms),
-                                     unique=True))
-                raw = []
-                for a in used:
-                    k = 1 if deterministic else draw(st.integers(1, min(2, n)))
-                    targets = draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k,
-                                            unique=True))
-                    raw += [(a, r, draw(_weights)) for r in targets]
-                total = sum(w for _, _, w in raw)
-                arcs += [(q, a, r, (1 - halt) * w / total) for a, r, w in raw]
-                final[q] = halt
-            return PFSA("hypothesis-pfsa", arcs, final, 0, alphabet=syms)
-
-        return draw()
-
-    return st.deferred(build)
+    return _checked(problems, draw)
 
 
 def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: int = 3,
@@ -95,50 +107,46 @@ def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: 
         >>> find(counter_languages(), lambda lang: len(lang.blocks) >= 2).blocks
         (Block(symbol='a', coef=1, var='n'), Block(symbol='b', coef=1, var='n'))
     """
-    def build():
-        problems = _alphabet_problems(alphabet)
-        problems += _range_problems("max_blocks", max_blocks, "max_blocks", max_blocks, 1)
-        problems += _range_problems("max_count", max_count, "max_count", max_count, 1)
-        if not problems and len(alphabet) < 2 and max_blocks > 1:
-            problems.append(Problem("counter_languages with max_blocks > 1 needs >= 2 symbols",
-                                    "adjacent blocks must use different symbols"))
-        check(problems)
+    def problems():
+        found = _alphabet_problems(alphabet)
+        found += _int_problems(1, max_blocks=max_blocks, max_count=max_count)
+        if not found and len(alphabet) < 2 and max_blocks > 1:
+            found.append(Problem("counter_languages with max_blocks > 1 needs >= 2 symbols",
+                                 "adjacent blocks must use different symbols"))
+        return found
+
+    def draw(draw):
         from formal_lm.counter import Block, CounterLanguage
         from formal_lm.priors import Geometric, Uniform
         syms = tuple(alphabet)
+        k = draw(st.integers(1, max_blocks))
+        blocks = []
+        for i in range(k):
+            options = [s for s in syms if not blocks or s != blocks[-1][0]]
+            sym = draw(st.sampled_from(options))
+            var = draw(st.sampled_from(["n", "m", None]))
+            blocks.append((sym, draw(st.integers(1, 3)), var))
+        used = [v for _, _, v in blocks if v is not None]
+        if not used:  # at least one count variable, so the language has > 1 string or not
+            sym, coef, _ = blocks[0]
+            blocks[0] = (sym, coef, "n")
+            used = ["n"]
+        # a variable block between two equal symbols must not be empty (ambiguous otherwise)
+        needs_one = {blocks[i][2] for i in range(1, k - 1)
+                     if blocks[i][2] is not None and blocks[i - 1][0] == blocks[i + 1][0]}
+        priors = {}
+        for v in dict.fromkeys(used):
+            least = 1 if v in needs_one else 0
+            lo = draw(st.integers(least, max_count))
+            if draw(st.booleans()):
+                priors[v] = Geometric(draw(st.sampled_from([0.5, 0.3, 0.7])), lo,
+                                      draw(st.integers(lo, max_count + 2)))
+            else:
+                priors[v] = Uniform(lo, draw(st.integers(lo, max_count)))
+        # the alphabet is the symbols used, in template order
+        return CounterLanguage("hypothesis-counter", [Block(*b) for b in blocks], priors)
 
-        @st.composite
-        def draw(draw):
-            k = draw(st.integers(1, max_blocks))
-            blocks = []
-            for i in range(k):
-                options = [s for s in syms if not blocks or s != blocks[-1][0]]
-                sym = draw(st.sampled_from(options))
-                var = draw(st.sampled_from(["n", "m", None]))
-                blocks.append((sym, draw(st.integers(1, 3)), var))
-            used = [v for _, _, v in blocks if v is not None]
-            if not used:  # at least one count variable, so the language has > 1 string or not
-                sym, coef, _ = blocks[0]
-                blocks[0] = (sym, coef, "n")
-                used = ["n"]
-            # a variable block between two equal symbols must not be empty (ambiguous otherwise)
-            needs_one = {blocks[i][2] for i in range(1, k - 1)
-                         if blocks[i][2] is not None and blocks[i - 1][0] == blocks[i + 1][0]}
-            priors = {}
-            for v in dict.fromkeys(used):
-                least = 1 if v in needs_one else 0
-                lo = draw(st.integers(least, max_count))
-                if draw(st.booleans()):
-                    priors[v] = Geometric(draw(st.sampled_from([0.5, 0.3, 0.7])), lo,
-                                          draw(st.integers(lo, max_count + 2)))
-                else:
-                    priors[v] = Uniform(lo, draw(st.integers(lo, max_count)))
-            # the alphabet is the symbols used, in template order
-            return CounterLanguage("hypothesis-counter", [Block(*b) for b in blocks], priors)
-
-        return draw()
-
-    return st.deferred(build)
+    return _checked(problems, draw)
 
 
 def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
@@ -153,53 +161,49 @@ def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
     Raises (when drawn from):
         InvalidStrategyArgument: bad arguments, or ``formal_lm.pcfg`` is not available.
     """
-    def build():
-        problems = _alphabet_problems(terminals)
-        problems += _range_problems("max_nonterminals", max_nonterminals, "max_nonterminals",
-                                    max_nonterminals, 1)
-        problems += _range_problems("max_rules", max_rules, "max_rules", max_rules, 1)
-        if not problems and max_nonterminals > 1 and max_rules < 2:
-            problems.append(Problem("max_nonterminals > 1 needs max_rules >= 2",
-                                    "every nonterminal but the last needs a rule to reach the next"))
-        try:
-            from formal_lm.pcfg import PCFG
+    def problems():
+        found = _alphabet_problems(terminals)
+        found += _int_problems(1, max_nonterminals=max_nonterminals, max_rules=max_rules)
+        if not found and max_nonterminals > 1 and max_rules < 2:
+            found.append(Problem("max_nonterminals > 1 needs max_rules >= 2",
+                                 "every nonterminal but the last needs a rule to reach the next"))
+        try:  # is the PCFG family there? (draw imports it for use)
+            from formal_lm.pcfg import PCFG  # noqa: F401
         except ImportError as e:
-            problems.append(Problem(f"formal_lm.pcfg is not available ({e})",
-                                    "pcfgs() needs the PCFG family"))
-        check(problems)
+            found.append(Problem(f"formal_lm.pcfg is not available ({e})",
+                                 "pcfgs() needs the PCFG family"))
+        return found
+
+    def draw(draw):
+        from formal_lm.pcfg import PCFG
         syms = tuple(terminals)
+        n = draw(st.integers(1, max_nonterminals))
+        names = ["S"] + [f"N{i}" for i in range(1, n)]
+        rules: dict[tuple[str, tuple[str, ...]], float] = {}
+        for i, lhs in enumerate(names):
+            base = draw(st.lists(st.sampled_from(syms), min_size=1, max_size=2))
+            p_end = draw(st.sampled_from([0.6, 0.75, 0.9]))
+            more = []
+            n_more = draw(st.integers(1 if i + 1 < n else 0, max_rules - 1))
+            for j in range(n_more):
+                size = draw(st.integers(1, 3))
+                rhs = draw(st.lists(st.sampled_from(syms + tuple(names)), min_size=size,
+                                    max_size=size))
+                keep = None
+                if j == 0 and i + 1 < n:  # the link that makes names[i + 1] reachable
+                    keep = draw(st.integers(0, size - 1))
+                    rhs[keep] = names[i + 1]
+                while sum(x in names for x in rhs) > 2:  # at most two nonterminal children
+                    rhs[next(k for k, x in enumerate(rhs) if x in names and k != keep)] = \
+                        syms[0]
+                more.append(tuple(rhs))
+            if not more:
+                p_end = 1.0
+            weights = [draw(_weights) for _ in more]
+            probs = [(1 - p_end) * w / sum(weights) for w in weights] if more else []
+            for rhs, p in [(tuple(base), p_end), *zip(more, probs)]:
+                rules[(lhs, rhs)] = rules.get((lhs, rhs), 0.0) + p
+        return PCFG(rules=[(lhs, rhs, p) for (lhs, rhs), p in rules.items()], start="S",
+                    name="hypothesis-pcfg")
 
-        @st.composite
-        def draw(draw):
-            n = draw(st.integers(1, max_nonterminals))
-            names = ["S"] + [f"N{i}" for i in range(1, n)]
-            rules: dict[tuple[str, tuple[str, ...]], float] = {}
-            for i, lhs in enumerate(names):
-                base = draw(st.lists(st.sampled_from(syms), min_size=1, max_size=2))
-                p_end = draw(st.sampled_from([0.6, 0.75, 0.9]))
-                more = []
-                n_more = draw(st.integers(1 if i + 1 < n else 0, max_rules - 1))
-                for j in range(n_more):
-                    size = draw(st.integers(1, 3))
-                    rhs = draw(st.lists(st.sampled_from(syms + tuple(names)), min_size=size,
-                                        max_size=size))
-                    keep = None
-                    if j == 0 and i + 1 < n:  # the link that makes names[i + 1] reachable
-                        keep = draw(st.integers(0, size - 1))
-                        rhs[keep] = names[i + 1]
-                    while sum(x in names for x in rhs) > 2:  # at most two nonterminal children
-                        rhs[next(k for k, x in enumerate(rhs) if x in names and k != keep)] = \
-                            syms[0]
-                    more.append(tuple(rhs))
-                if not more:
-                    p_end = 1.0
-                weights = [draw(_weights) for _ in more]
-                probs = [(1 - p_end) * w / sum(weights) for w in weights] if more else []
-                for rhs, p in [(tuple(base), p_end), *zip(more, probs)]:
-                    rules[(lhs, rhs)] = rules.get((lhs, rhs), 0.0) + p
-            return PCFG(rules=[(lhs, rhs, p) for (lhs, rhs), p in rules.items()], start="S",
-                        name="hypothesis-pcfg")
-
-        return draw()
-
-    return st.deferred(build)
+    return _checked(problems, draw)

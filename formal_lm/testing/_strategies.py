@@ -29,6 +29,19 @@ def _lang_problems(lang) -> list[Problem]:
     return []
 
 
+def _max_size(lang, min_size: int, max_size: int | None) -> int:
+    """Checks ``lang`` and the size range; returns ``max_size``, or the default when None."""
+    check(_lang_problems(lang) + size_problems(min_size, max_size))
+    return default_max_size(lang, min_size) if max_size is None else max_size
+
+
+def _require(found, message: str) -> None:
+    """Raises ``message`` as InvalidStrategyArgument when ``found`` (the lengths or sizes in range
+    that have what the strategy draws) is empty."""
+    check([] if found else [Problem(
+        message, "widen the range; lang.length_distribution(L) shows which lengths have strings")])
+
+
 def _walk(draw, lang, oracle, L: int, steps: int) -> tuple[str, ...]:
     """``steps`` symbols of a string of length ``L``, each drawn among the allowed ones."""
     p: tuple[str, ...] = ()
@@ -38,6 +51,13 @@ def _walk(draw, lang, oracle, L: int, steps: int) -> tuple[str, ...]:
             reject()  # only reachable when the generic oracle ran out of budget
         p += (draw(st.sampled_from(options)),)
     return p
+
+
+@st.composite
+def _whole_walks(draw, lang, oracle, lengths: Sequence[int]) -> tuple[str, ...]:
+    """A string of a length drawn from ``lengths``, walked symbol by symbol (``_walk``)."""
+    L = draw(st.sampled_from(lengths))
+    return _walk(draw, lang, oracle, L, L)
 
 
 def strings(lang, *, min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy:
@@ -58,20 +78,11 @@ def strings(lang, *, min_size: int = 0, max_size: int | None = None) -> st.Searc
         ('a', 'a', 'a', 'b', 'b', 'b')
     """
     def build():
-        check(_lang_problems(lang) + size_problems(min_size, max_size))
-        hi = default_max_size(lang, min_size) if max_size is None else max_size
+        hi = _max_size(lang, min_size, max_size)
         lengths = lengths_with_strings(lang, min_size, hi)
-        check([] if lengths else [Problem(
-            f"{lang.name!r} has no string with min_size={min_size} <= length <= max_size={hi}",
-            "widen the range; lang.length_distribution(L) shows which lengths have strings")])
-        oracle = make_oracle(lang, hi)
-
-        @st.composite
-        def draw_string(draw):
-            L = draw(st.sampled_from(lengths))
-            return _walk(draw, lang, oracle, L, L)
-
-        return draw_string()
+        _require(lengths, f"{lang.name!r} has no string with min_size={min_size} <= length <= "
+                          f"max_size={hi}")
+        return _whole_walks(lang, make_oracle(lang, hi), lengths)
 
     return st.deferred(build)
 
@@ -89,15 +100,12 @@ def prefixes(lang, *, min_size: int = 0, max_size: int | None = None) -> st.Sear
         ('a', 'b')
     """
     def build():
-        check(_lang_problems(lang) + size_problems(min_size, max_size))
-        hi = default_max_size(lang, min_size) if max_size is None else max_size
+        hi = _max_size(lang, min_size, max_size)
         full = max(2 * hi, default_max_size(lang, hi))
         lengths = lengths_with_strings(lang, min_size, full)
         sizes = [k for k in range(min_size, hi + 1) if lengths and lengths[-1] >= k]
-        check([] if sizes else [Problem(
-            f"{lang.name!r} has no viable prefix with min_size={min_size} <= length <= "
-            f"max_size={hi} (no string up to {full} symbols is that long)",
-            "widen the range; lang.length_distribution(L) shows which lengths have strings")])
+        _require(sizes, f"{lang.name!r} has no viable prefix with min_size={min_size} <= length "
+                        f"<= max_size={hi} (no string up to {full} symbols is that long)")
         oracle = make_oracle(lang, full)
 
         @st.composite
@@ -162,8 +170,7 @@ def non_strings(lang, *, min_size: int = 0, max_size: int | None = None) -> st.S
         (2, False)
     """
     def build():
-        check(_lang_problems(lang) + size_problems(min_size, max_size))
-        hi = default_max_size(lang, min_size) if max_size is None else max_size
+        hi = _max_size(lang, min_size, max_size)
         alphabet = tuple(lang.alphabet)
         short, complete = _short_strings(alphabet, min_size, hi)
         if complete and all(lang.accepts(s) for s in short):
@@ -204,10 +211,8 @@ def ood_prompts(lang, *, breaks: Sequence[str] = ("R2",), keeps: Sequence[str] =
         ('b',)
     """
     def build():
-        problems = _lang_problems(lang) + size_problems(min_size, max_size)
-        if problems:
-            check(problems)
-        problems += rule_problems(lang, breaks, "breaks") + rule_problems(lang, keeps, "keeps")
+        hi = _max_size(lang, min_size, max_size)
+        problems = rule_problems(lang, breaks, "breaks") + rule_problems(lang, keeps, "keeps")
         if not isinstance(breaks, str) and not isinstance(keeps, str):
             for name in sorted(set(breaks) & set(keeps)):
                 problems.append(Problem(f"rule={name!r} is in both breaks and keeps",
@@ -217,7 +222,6 @@ def ood_prompts(lang, *, breaks: Sequence[str] = ("R2",), keeps: Sequence[str] =
         by_name = {r.name: r for r in lang.rules}
         broken = [by_name[n] for n in breaks]
         kept = [by_name[n] for n in keeps]
-        hi = default_max_size(lang, min_size) if max_size is None else max_size
         alphabet = tuple(lang.alphabet)
 
         def fits(p):
@@ -239,14 +243,7 @@ def ood_prompts(lang, *, breaks: Sequence[str] = ("R2",), keeps: Sequence[str] =
             starts: dict[int, set] = {}
             for p in hits:
                 starts.setdefault(len(p), set()).update(p[:k] for k in range(len(p) + 1))
-            hit_lengths = sorted(starts)
-
-            @st.composite
-            def draw_hit(draw):
-                L = draw(st.sampled_from(hit_lengths))
-                return _walk(draw, lang, lambda q, n: q in starts[n], L, L)
-
-            branches.append(draw_hit())
+            branches.append(_whole_walks(lang, lambda q, n: q in starts[n], sorted(starts)))
         if not complete:
             branches.append(st.lists(st.sampled_from(alphabet), min_size=min_size, max_size=hi)
                             .map(tuple).filter(fits))

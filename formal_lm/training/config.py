@@ -56,6 +56,13 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _one_of(key: str, value, allowed: tuple[str, ...]) -> list[Problem]:
+    """A problem when ``value`` is not one of ``allowed`` (hashable or not)."""
+    if isinstance(value, str) and value in allowed:
+        return []
+    return [Problem(f"{key}={value!r} is not allowed", f"use one of {allowed}")]
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -92,9 +99,7 @@ class DataConfig:
 
     def problems(self) -> list[Problem]:
         out = []
-        if self.mode not in DATA_MODES:
-            out.append(Problem(f"data.mode={self.mode!r} is not allowed",
-                               f"use one of {DATA_MODES}"))
+        out += _one_of("data.mode", self.mode, DATA_MODES)
         for name, lo in (("max_length", 3), ("bucket", 1), ("eval_size", 1)):
             v = getattr(self, name)
             if not (_is_int(v) and v >= lo):
@@ -155,9 +160,7 @@ class ObjectiveConfig:
 
     def problems(self) -> list[Problem]:
         out = []
-        if self.name not in OBJECTIVES:
-            out.append(Problem(f"objective.name={self.name!r} is not allowed",
-                               f"use one of {OBJECTIVES}"))
+        out += _one_of("objective.name", self.name, OBJECTIVES)
         if not (_is_num(self.weight) and self.weight >= 0):
             out.append(Problem(f"objective.weight={self.weight!r} must be a number >= 0"))
         for name in ("prompt_length", "batch_size"):
@@ -219,8 +222,7 @@ class TrainConfig:
         if self.language is not None and not isinstance(self.language, (str, Language)):
             out.append(Problem(f"language={self.language!r} must be a grammar name, a path to a "
                                "grammar file, or a Language"))
-        if self.model not in MODELS:
-            out.append(Problem(f"model.name={self.model!r} is not allowed", f"use one of {MODELS}"))
+        out += _one_of("model.name", self.model, MODELS)
         if "vocab_size" in self.model_config:
             out.append(Problem("model.vocab_size is set from the language", "remove it"))
         if not (isinstance(self.seeds, tuple) and self.seeds
@@ -234,12 +236,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (_is_int(v) and v >= lo):
                 out.append(Problem(f"{name}={v!r} must be an integer >= {lo}"))
-        if self.optimizer not in OPTIMIZERS:
-            out.append(Problem(f"optimizer.name={self.optimizer!r} is not allowed",
-                               f"use one of {OPTIMIZERS}"))
-        if self.schedule not in SCHEDULES:
-            out.append(Problem(f"optimizer.schedule={self.schedule!r} is not allowed",
-                               f"use one of {SCHEDULES}"))
+        out += _one_of("optimizer.name", self.optimizer, OPTIMIZERS)
+        out += _one_of("optimizer.schedule", self.schedule, SCHEDULES)
         if not (_is_num(self.lr) and self.lr > 0):
             out.append(Problem(f"optimizer.lr={self.lr!r} must be a number > 0"))
         for name in ("weight_decay", "grad_clip"):
@@ -303,6 +301,16 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>",
     def bad(msg, fix=""):
         problems.append(Problem(f"{source}: {msg}", fix))
 
+    def table(name: str, allowed) -> dict[str, Any]:
+        """The keys of table ``name`` that are in ``allowed``; any other key is a problem."""
+        known = {}
+        for key, value in (d.get(name, {}) or {}).items():
+            if key in allowed:
+                known[key] = value
+            else:
+                bad(f"unknown key '{name}.{key}'", f"allowed: {sorted(allowed)}")
+        return known
+
     kw: dict[str, Any] = {}
     for key, value in d.items():
         if key in _TOP:
@@ -318,25 +326,9 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>",
     if isinstance(name, str) and name in MODELS:
         problems += [Problem(f"{source}: {p}") for p in _model_config_problems(name, model)]
     kw["model_config"] = model
-    for key, value in (d.get("optimizer", {}) or {}).items():
-        if key in _OPT:
-            kw[_OPT[key]] = value
-        else:
-            bad(f"unknown key 'optimizer.{key}'", f"allowed: {sorted(_OPT)}")
-    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = {}
-    for key, value in (d.get("data", {}) or {}).items():
-        if key in data_fields:
-            data[key] = value
-        else:
-            bad(f"unknown key 'data.{key}'", f"allowed: {sorted(data_fields)}")
-    obj_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
-    obj = {}
-    for key, value in (d.get("objective", {}) or {}).items():
-        if key in obj_fields:
-            obj[key] = value
-        else:
-            bad(f"unknown key 'objective.{key}'", f"allowed: {sorted(obj_fields)}")
+    kw.update((_OPT[key], value) for key, value in table("optimizer", _OPT).items())
+    data = table("data", {f.name for f in dataclasses.fields(DataConfig)})
+    obj = table("objective", {f.name for f in dataclasses.fields(ObjectiveConfig)})
     if isinstance(obj.get("name", "nll"), str) and obj.get("name", "nll") == "nll":
         for key in obj:
             if key != "name":

@@ -104,10 +104,8 @@ def _analyse_group(ex, g, pre_run, ft_run, langs, n) -> list[SeedRecord]:
         ft = ft_models[k]
         back = nnx.state(ft, nnx.Param)
         back = rescale_params(back, name, 1.0 / c) if c != 1.0 else back
-        sel = selected[k] or {}
         results = {
-            "checkpoint": Checkpoint(ex.checkpoint, sel.get("step"), sel.get("val_loss"),
-                                     sel.get("kl")),
+            "checkpoint": Checkpoint.of(ex.checkpoint, selected[k]),
             "start": saturation(JaxModel(start), langs["pretrain"], n=n, seed=seed0),
             "finetuned": saturation(JaxModel(ft), langs["finetune"], n=n, seed=seed0),
             "ood": saturation(JaxModel(ft), langs["ood"], n=n, seed=seed0),

@@ -125,9 +125,7 @@ def analyze_cell(ex: Experiment, cell: Cell, lang, split) -> list[SeedRecord]:
     out = []
     objective = ex.study.objectives[cell.objective]["name"]
     for k, seed in enumerate(res.seeds):
-        sel = selected[k] or {}
-        results = {"checkpoint": Checkpoint(ex.checkpoint, sel.get("step"), sel.get("val_loss"),
-                                            sel.get("kl"))}
+        results = {"checkpoint": Checkpoint.of(ex.checkpoint, selected[k])}
         results.update(analyze_seed(JaxModel(models[k]), lang, ex, objective, split, tml))
         out.append(SeedRecord(cell.name, seed, results))
     return out

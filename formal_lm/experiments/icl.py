@@ -62,9 +62,7 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
         models = load_models(res.run_dir, which=ex.checkpoint)
         selected = res.best if ex.checkpoint == "best" else res.final
         for k, seed in enumerate(res.seeds):
-            sel = selected[k] or {}
-            results = {"checkpoint": Checkpoint(ex.checkpoint, sel.get("step"),
-                                                sel.get("val_loss"), sel.get("kl"))}
+            results = {"checkpoint": Checkpoint.of(ex.checkpoint, selected[k])}
             for name, batch in sets.items():
                 results[name] = icl.score_predictor(JaxModel(models[k]), name, batch,
                                                     position_bins=bins,

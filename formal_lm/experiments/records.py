@@ -30,10 +30,21 @@ class Checkpoint:
     step: int | None
     val_loss: float | None
     val_kl: float | None
+    val_floor: float | None  # exact NLL of the validation strings: val_loss's floor on them
+
+    @classmethod
+    def of(cls, rule: str, line: Mapping | None) -> "Checkpoint":
+        """From the metrics line of the selected checkpoint (``TrainResult.best``/``final``)."""
+        line = line or {}
+        return cls(rule, line.get("step"), line.get("val_loss"), line.get("kl"),
+                   line.get("val_optimal_loss"))
 
     def measures(self) -> tuple[M.Measure, ...]:
         return (M.nats("val_loss", self.val_loss, M.IN_DISTRIBUTION, "validation loss per real "
                        "target token at the analysed checkpoint", headline=True),
+                M.nats("val_floor", self.val_floor, M.REFERENCE, "exact NLL of the validation "
+                       "strings per real target token: the floor of val_loss on this sample",
+                       headline=True, higher_is_better=None),
                 M.nats("val_kl", self.val_kl, M.IN_DISTRIBUTION, "exact KL per real target "
                        "token on the validation set at the analysed checkpoint"),
                 M.count("step", self.step, f"step of the analysed ({self.rule}) checkpoint"))

@@ -22,6 +22,7 @@ from formal_lm.errors import FormalLMError, Problem
 from formal_lm.seeding import SHARED, Stream, derive, rng
 from formal_lm.training import objectives
 from formal_lm.training.config import DataConfig, ObjectiveConfig
+from formal_lm.vocab import PAD_ID
 
 
 def bucket_length(n: int, bucket: int, max_length: int) -> int:
@@ -60,11 +61,22 @@ class Validation:
         p_true: float32 [N, T-1, V] exact next-token rows of ``ids`` (zero rows where nothing is
             known), or None when there is no exact reference (no KL is reported then).
         ood: the objective's held-out completion batch (ids, weights), or None.
+        floor: the exact NLL of these very strings per real target token (the floor of
+            ``val_loss`` on this sample, beside the population floor), or None.
     """
 
     ids: np.ndarray
     p_true: np.ndarray | None
     ood: tuple[np.ndarray, np.ndarray] | None = None
+    floor: float | None = None
+
+
+def sample_floor(ids: np.ndarray, p_true: np.ndarray) -> float:
+    """The exact NLL of ``ids`` [N, T] per real target token, from its rows [N, T-1, V]."""
+    tgt = ids[:, 1:]
+    mask = tgt != PAD_ID
+    p = np.take_along_axis(p_true, tgt[..., None], -1)[..., 0]
+    return float(-np.log(np.where(mask, p, 1.0).astype(np.float64)).sum() / max(mask.sum(), 1))
 
 
 class TrainingData(Protocol):
@@ -265,7 +277,7 @@ class LanguageData:
             if self.split is not None:
                 ood = objectives.completion_batch(self.lang, self.split["heldout"],
                                                   self.objective.name, self._ood_T)
-            self._validation = Validation(ids, p_true, ood)
+            self._validation = Validation(ids, p_true, ood, sample_floor(ids, p_true))
         return self._validation
 
     def files(self) -> dict[str, str]:

@@ -152,6 +152,7 @@ class _Run:
             (self.params, self.opt_state, self.rest, self.keys))
         val = data.validation()
         self.val_args = self.replicate((val.ids, val.p_true, val.ood))
+        self.val_floor = val.floor
         self.step, self.since_eval = 0, 0
         self.best_val = np.full(len(self.seeds), np.inf)
         self.best_lines: list[dict | None] = [None] * len(self.seeds)
@@ -230,6 +231,8 @@ class _Run:
             obj.update({n: _finite_or_none(v[k]) for n, v in ev.items()})
             if self.data.floor is not None:
                 obj["optimal_loss"] = self.data.floor
+            if self.val_floor is not None:
+                obj["val_optimal_loss"] = self.val_floor
             obj["lr"] = lr
             if obj.get("kl") is not None and obj["kl"] < -KL_TOLERANCE:
                 raise AssertionError(f"negative KL {obj['kl']} for seed {s} at {self.step}")

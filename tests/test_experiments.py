@@ -230,3 +230,22 @@ def test_shipped_experiment_files_are_valid(path):
 def test_shipped_experiment_runs(path, tmp_path):
     res = run_experiment(path, tmp_path, progress=False)
     assert (tmp_path / "report.md").exists() and res["records"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (("max_len = 48", "max_len = 16"), "max_len=16 is shorter than analysis.rule_extrapolation"),
+    (("max_len = 48", "max_len = 30"), "max_len=30 is shorter than train.data.max_length"),
+    (("max_new_tokens = 10", "max_new_tokens = -2"), "max_new_tokens=-2 must be an integer"),
+    (("[analysis.saturation]\nn = 16", "[analysis.saturation]\nn = 16.5"), "n=16.5"),
+    (("test_lengths = [17, 24]", "test_lengths = [24, 17]"), "test_lengths=[24, 17]"),
+    (("threshold = 0.05", 'threshold = "0.05"'), "threshold='0.05'"),
+    (("ngram_n = 2", "ngram_n = 2\ndecoding = \"beam\""), "decoding='beam'"),
+])
+def test_analysis_needs_are_checked_before_training(tmp_path, change, needle):
+    """An analysis that cannot run on the trained models is refused when the file is read,
+    not after every cell has trained."""
+    p = tmp_path / "x.toml"
+    p.write_text(TINY.replace(*change))
+    with pytest.raises(FormalLMError) as e:
+        load_experiment(p)
+    assert needle in str(e.value) and str(p) in str(e.value)

@@ -320,3 +320,34 @@ def test_fit_on_data_that_is_not_a_language(tmp_path):
     for m in res.final:
         assert "kl" not in m and "optimal_loss" not in m
         assert m["val_loss"] < np.log(3)  # learned something about 'ab' vs 'aabb'
+
+
+# ----------------------------------------------------------------------------- one writer
+def test_a_second_writer_is_refused_and_a_dead_owner_does_not_block(tmp_path):
+    from formal_lm.training.lock import hold
+    run = tmp_path / "run"
+    script = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); "
+              "from formal_lm.training.lock import hold; "
+              f"cm = hold({str(run)!r}); cm.__enter__(); print('held', flush=True); "
+              "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FormalLMError, match=f"in use by process {proc.pid}"):
+            train(tiny_config(steps=2, eval_every=2, seeds=(0,)), run, progress=False)
+        with pytest.raises(FormalLMError, match="in use"):
+            with hold(run):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the owner died without unlocking: its lock file is left behind but binds nobody
+    assert (run / ".lock").read_text() == str(proc.pid)
+    train(tiny_config(steps=2, eval_every=2, seeds=(0,)), run, progress=False)
+    assert not list(run.glob("metrics.jsonl.*"))
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FormalLMError, match="cannot write to the run directory"):
+        train(tiny_config(steps=2, eval_every=2, seeds=(0,)), tmp_path / "file", progress=False)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from formal_lm.errors import FormalLMError
-from formal_lm.experiments.spec import (ANALYSIS_KEYS, CHECKPOINTS, COMMON_TABLES,
+from formal_lm.experiments.spec import (ANALYSIS_OPTIONS, CHECKPOINTS, COMMON_TABLES,
                                         EXPERIMENT_KEYS, KIND_TABLES, KINDS, PUBLISHED_KEYS,
                                         PUBLISHED_ROW_KEYS, STATISTICS_KEYS, ICL, Checker,
                                         Experiment, Finetune, Grid, Statistics, merge, read_toml,
@@ -43,6 +43,48 @@ def _models(raw, chk: Checker) -> dict[str, dict]:
             chk.bad(f"[models.{key}]: keys may not contain '.'")
         else:
             out[key] = dict(m)
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _option_problem(v, kind: str, lo: float) -> str | None:
+    """What is wrong with an analysis option's value (None: nothing)."""
+    pair = isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+    ok = {"int": lambda: _is_int(v) and v >= lo,
+          "num": lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and v > lo,
+          "prob": lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+          "bool": lambda: isinstance(v, bool),
+          "decoding": lambda: v in ("greedy", "sample"),
+          "lengths": lambda: pair and v[0] <= v[1],
+          "bins": lambda: isinstance(v, list) and bool(v) and all(
+              isinstance(b, list) and len(b) == 2 and all(_is_int(x) and x >= 0 for x in b)
+              and b[0] <= b[1] for b in v),
+          "ints": lambda: isinstance(v, list) and bool(v) and all(
+              _is_int(x) and x >= 0 for x in v) and v == sorted(set(v)),
+          "text": lambda: isinstance(v, str) and bool(v)}[kind]
+    if ok():
+        return None
+    return {"int": f"an integer >= {lo:g}", "num": f"a number > {lo:g}",
+            "prob": "a number in (0, 1)", "bool": "true or false",
+            "decoding": "'greedy' or 'sample'", "lengths": "[lo, hi] with 1 <= lo <= hi",
+            "bins": "a list of [lo, hi] with 0 <= lo <= hi",
+            "ints": "an increasing list of integers >= 0", "text": "a non-empty string"}[kind]
+
+
+def _analysis(d, kind: str, chk: Checker) -> dict:
+    """The [analysis.*] tables: known analyzers, known options, each of its type and range."""
+    allowed, out = ANALYSIS_OPTIONS[kind], {}
+    for name, opts in chk.keys(d.get("analysis", {}), set(allowed), "analysis").items():
+        opts = chk.keys(opts, set(allowed.get(name, {})), f"analysis.{name}")
+        for key, v in opts.items():
+            if key in allowed.get(name, {}):
+                what = _option_problem(v, *allowed[name][key])
+                if what:
+                    chk.bad(f"analysis.{name}.{key}={v!r} must be {what}")
+        out[name] = opts
     return out
 
 
@@ -106,9 +148,7 @@ def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<di
                 "name the languages in this kind's own tables")
     train = chk.keys(d.get("train", {}), TRAIN_KEYS, "train")
     models = _models(d, chk)
-    allowed = ANALYSIS_KEYS[kind]
-    analysis = {name: chk.keys(opts, allowed.get(name, set()), f"analysis.{name}")
-                for name, opts in chk.keys(d.get("analysis", {}), set(allowed), "analysis").items()}
+    analysis = _analysis(d, kind, chk)
     statistics = _statistics(d, chk, kind)
     published = chk.keys(d.get("published", {}), PUBLISHED_KEYS, "published")
     for key, row in (published.get("rows") or {}).items():
@@ -126,6 +166,8 @@ def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<di
         except (KeyError, TypeError, ValueError, AttributeError):
             if not chk.problems:  # only a consequence of a problem already found may pass
                 raise
+    if not chk.problems:
+        _check_lengths(ex, chk)
     chk.raise_if()
     return ex
 
@@ -227,3 +269,65 @@ def training_configs(ex: Experiment):
              for m in {m for m, _ in study.groups.values()}]
             + [(f"finetune {g}", lambda m=m: ex.train_config(m, table=study.finetune))
                for g, (m, _) in study.groups.items()])
+
+
+def _max_len(ex: Experiment, model: str) -> int | None:
+    """The longest sequence a model accepts (its ``max_len``), None when it has no limit."""
+    m = ex.models[model]
+    fields = {f.name: f.default for f in dataclasses.fields(CONFIGS[m["name"]])}
+    return m.get("max_len", fields.get("max_len"))
+
+
+def _samples_fit(lang_name: str, n: int, max_len: int) -> bool:
+    """Whether ``n`` samples of the language fit ``max_len`` tokens (expected misfits < 0.01)."""
+    tail = max(0.0, 1.0 - float(load(lang_name).length_distribution(max_len - 2).sum()))
+    return n * tail < 0.01
+
+
+def _needs(ex: Experiment) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """(what, tokens it needs, [(language, samples)]) for every analysis of the experiment."""
+    a, study, out = ex.analysis, ex.study, []
+    tables = [("train", ex.train)] if not isinstance(study, Finetune) else [
+        ("pretrain", study.pretrain), ("finetune", study.finetune)]
+    for where, t in tables:
+        data = t.get("data", {}) if isinstance(t.get("data", {}), Mapping) else {}
+        out.append((f"{where}.data.max_length (training sequences)",
+                    data.get("max_length", 64), []))
+    if isinstance(study, Grid):
+        if "rule_extrapolation" in a:
+            o = a["rule_extrapolation"]
+            out.append(("analysis.rule_extrapolation (prompt + completion)",
+                        1 + o.get("prompt_length", 8) + o.get("max_new_tokens", 300), []))
+        if "length_generalization" in a:
+            o = a["length_generalization"]
+            longest = max([o.get("train_max_length", 40), o.get("test_lengths", [0, 500])[1]]
+                          + [b[1] for b in o.get("bins", [])])
+            out.append(("analysis.length_generalization", longest + 2, []))
+        for name in ("saturation", "next_symbol_sets"):
+            if name in a:
+                n = a[name].get("n", 512 if name == "saturation" else 256)
+                out.append((f"analysis.{name} samples", 0, [(x, n) for x in study.languages]))
+    elif isinstance(study, Finetune):
+        n = a.get("transfer", {}).get("eval_size", 256)
+        ood = resolve_language(a.get("transfer", {}).get("ood_language",
+                                                         study.finetune["language"]), ex.source)
+        out.append(("analysis.transfer samples", 0, [(study.pretrain["language"], n),
+                                                     (study.finetune["language"], n), (ood, n)]))
+    return out
+
+
+def _check_lengths(ex: Experiment, chk: Checker) -> None:
+    """Every analysis fits every model's ``max_len``, checked before any training."""
+    for m in ex.models:
+        max_len = _max_len(ex, m)
+        if not isinstance(max_len, int):
+            continue
+        for what, tokens, samples in _needs(ex):
+            if tokens > max_len:
+                chk.bad(f"models.{m}.max_len={max_len} is shorter than {what}: {tokens} tokens",
+                        f"raise models.{m}.max_len to >= {tokens}, or shorten the analysis")
+            for lang, n in samples:
+                if not _samples_fit(lang, n, max_len):
+                    chk.bad(f"{what}: strings of {lang!r} longer than models.{m}.max_len="
+                            f"{max_len} tokens have non-negligible probability",
+                            f"raise models.{m}.max_len")

@@ -7,6 +7,7 @@ from formal_lm.experiments.finetune import run_finetune
 from formal_lm.experiments.grid import run_grid
 from formal_lm.experiments.icl import run_icl
 from formal_lm.experiments.loader import load_experiment
+from formal_lm.training.lock import hold
 
 RUNNERS = {"grid": run_grid, "icl": run_icl, "finetune": run_finetune}
 
@@ -29,5 +30,6 @@ def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
     """
     ex = load_experiment(path, full=full)
     out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    return RUNNERS[ex.kind](ex, out, resume=resume, progress=progress)
+    with hold(out):  # one writer per output folder (each run inside has its own lock too)
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        return RUNNERS[ex.kind](ex, out, resume=resume, progress=progress)

@@ -52,17 +52,24 @@ KIND_TABLES = {"grid": {"objectives"}, "icl": {"family", "ood_family"},
                "finetune": {"pretrain", "finetune", "groups"}}
 EXPERIMENT_KEYS = {"name", "description", "kind", "checkpoint", "eval_seed", "languages"}
 STATISTICS_KEYS = {"loss_metric", "margin", "alpha"}
-ANALYSIS_KEYS: dict[str, dict[str, set[str]]] = {
+# Options of each analysis: (type, lower bound) — "int" >= bound, "num" > bound, "prob" in
+# (0, 1), "bool", "decoding", "lengths" ([lo, hi] with 1 <= lo <= hi), "bins" ([[lo, hi], ...]),
+# "ints" (an increasing list >= 0), "text".
+ANALYSIS_OPTIONS: dict[str, dict[str, dict[str, tuple[str, float]]]] = {
     "grid": {
-        "saturation": {"n", "threshold"},
-        "rule_extrapolation": {"prompt_length", "max_new_tokens", "decoding", "max_prompts",
-                               "ngram_n", "ngram_k", "ngram_train", "heldout_only"},
-        "next_symbol_sets": {"n", "threshold", "train_max_length"},
-        "length_generalization": {"train_max_length", "test_lengths", "per_bin", "bins",
-                                  "threshold"},
+        "saturation": {"n": ("int", 1), "threshold": ("num", 0)},
+        "rule_extrapolation": {"prompt_length": ("int", 1), "max_new_tokens": ("int", 1),
+                               "decoding": ("decoding", 0), "max_prompts": ("int", 1),
+                               "ngram_n": ("int", 1), "ngram_k": ("num", 0),
+                               "ngram_train": ("int", 1), "heldout_only": ("bool", 0)},
+        "next_symbol_sets": {"n": ("int", 1), "threshold": ("prob", 0),
+                             "train_max_length": ("int", 1)},
+        "length_generalization": {"train_max_length": ("int", 1), "test_lengths": ("lengths", 1),
+                                  "per_bin": ("int", 1), "bins": ("bins", 0),
+                                  "threshold": ("prob", 0)},
     },
-    "icl": {"icl": {"position_bins", "ood_size", "ngram_k"}},
-    "finetune": {"transfer": {"ood_language", "eval_size"}},
+    "icl": {"icl": {"position_bins": ("ints", 0), "ood_size": ("int", 1), "ngram_k": ("num", 0)}},
+    "finetune": {"transfer": {"ood_language": ("text", 0), "eval_size": ("int", 1)}},
 }
 PUBLISHED_KEYS = {"citation", "source", "setup", "loss_note", "baseline_eos_pct", "rows", "grid"}
 PUBLISHED_ROW_KEYS = {"model", "seeds", "val_loss", "ood_R1_pct", "language"}

@@ -9,6 +9,7 @@ would (on the same device layout): data and dropout are functions of (seed, step
 
 Run directory::
 
+    RUN_DIR/.lock                    held by the process that writes the run (see lock.py)
     RUN_DIR/run.json                 what defines the run: config, data identity, start
     RUN_DIR/metrics.jsonl            one strict-JSON object per seed every eval_every steps
     RUN_DIR/checkpoints/last.msgpack everything needed to resume (see checkpoint.py)
@@ -35,6 +36,7 @@ from formal_lm.seeding import Stream, derive
 from formal_lm.training import checkpoint as ckpt
 from formal_lm.training.config import TrainConfig
 from formal_lm.training.data import TrainingData, bucket_length, digest
+from formal_lm.training.lock import hold
 from formal_lm.training.packing import deal_rows, pack_classes
 from formal_lm.training.programs import (check_max_len, default_mesh, micro_rows, programs,
                                          row_classes)
@@ -338,6 +340,11 @@ def fit(config: TrainConfig, data: TrainingData, run_dir: str | Path, *, init=No
             (:func:`programs.default_mesh` over the local devices when there are several).
         callbacks: :class:`Callback` hooks.
     """
+    with hold(run_dir):
+        return _fit(config, data, run_dir, init, resume, progress, mesh, callbacks)
+
+
+def _fit(config, data, run_dir, init, resume, progress, mesh, callbacks) -> TrainResult:
     t0 = time.perf_counter()
     check_max_len(config, data.max_tokens)
     files = _Files(run_dir, identity(config, data, init))

@@ -351,3 +351,26 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FormalLMError, match="cannot write to the run directory"):
         train(tiny_config(steps=2, eval_every=2, seeds=(0,)), tmp_path / "file", progress=False)
+
+
+def test_resuming_a_finished_run_without_its_metrics_file(run3, tmp_path):
+    res, d = run3
+    import shutil
+    shutil.copytree(d, tmp_path / "copy")
+    (tmp_path / "copy" / "metrics.jsonl").unlink()
+    again = train(tiny_config(), tmp_path / "copy", resume=True, progress=False)
+    assert again.final == res.final and again.best == res.best and again.step == 20
+
+
+def test_resuming_on_another_device_layout_is_refused(tmp_path):
+    """A checkpoint records its device layout; another layout would not end bit for bit where
+    an uninterrupted run would, so the resume says so instead of going on."""
+    cfg = tiny_config(steps=2, eval_every=2, seeds=(0,))
+    train(cfg, tmp_path, progress=False)
+    meta, trees = ckpt.read(tmp_path / "checkpoints" / "last.msgpack")
+    assert meta["devices"] == {"devices": 1, "seeds": 1, "rows": 1}
+    meta["devices"] = {"devices": 2, "seeds": 1, "rows": 2}
+    ckpt.save_arrays(tmp_path / "checkpoints" / "last.msgpack", meta, trees)
+    with pytest.raises(FormalLMError, match="device layout") as e:
+        train(cfg, tmp_path, resume=True, progress=False)
+    assert "--cpu-devices 2" in str(e.value)

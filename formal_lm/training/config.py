@@ -56,6 +56,22 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Sizes checked before any work starts (a typo such as batch_size = 1e8 must not hang a run).
+# Raise one by assigning a larger value here from Python, e.g. config.LIMITS["batch_size"] = ...
+LIMITS = {"batch_size": 1 << 16, "max_length": 1 << 16, "eval_size": 1 << 16,
+          "dataset_size": 1 << 22, "per_length": 1 << 16, "seeds": 4096,
+          "tokens_per_step": 1 << 24}
+
+
+def _over_limit(key: str, value, limit_key: str | None = None) -> list[Problem]:
+    limit = LIMITS[limit_key or key.split(".")[-1]]
+    if _is_int(value) and value > limit:
+        return [Problem(f"{key}={value} is over the limit of {limit}",
+                        f"use a smaller value, or raise formal_lm.training.config.LIMITS"
+                        f"[{(limit_key or key.split('.')[-1])!r}] from Python if you mean it")]
+    return []
+
+
 def _one_of(key: str, value, allowed: tuple[str, ...]) -> list[Problem]:
     """A problem when ``value`` is not one of ``allowed`` (hashable or not)."""
     if isinstance(value, str) and value in allowed:
@@ -104,6 +120,8 @@ class DataConfig:
             v = getattr(self, name)
             if not (_is_int(v) and v >= lo):
                 out.append(Problem(f"data.{name}={v!r} must be an integer >= {lo}"))
+        for name in ("max_length", "eval_size", "dataset_size", "per_length"):
+            out += _over_limit(f"data.{name}", getattr(self, name))
         for name in ("dataset_size", "per_length", "lo", "hi"):
             v = getattr(self, name)
             if v is not None and not (_is_int(v) and v >= (0 if name in ("lo", "hi") else 1)):
@@ -236,6 +254,13 @@ class TrainConfig:
             v = getattr(self, name)
             if not (_is_int(v) and v >= lo):
                 out.append(Problem(f"{name}={v!r} must be an integer >= {lo}"))
+        out += _over_limit("batch_size", self.batch_size)
+        if isinstance(self.seeds, tuple):
+            out += _over_limit("seeds (count)", len(self.seeds), "seeds")
+        if isinstance(self.data, DataConfig) and _is_int(self.batch_size) and _is_int(
+                self.data.max_length):
+            out += _over_limit("batch_size * data.max_length",
+                               self.batch_size * self.data.max_length, "tokens_per_step")
         out += _one_of("optimizer.name", self.optimizer, OPTIMIZERS)
         out += _one_of("optimizer.schedule", self.schedule, SCHEDULES)
         if not (_is_num(self.lr) and self.lr > 0):

@@ -158,6 +158,7 @@ class _Run:
         self.step, self.since_eval = 0, 0
         self.best_val = np.full(len(self.seeds), np.inf)
         self.best_lines: list[dict | None] = [None] * len(self.seeds)
+        self.last_lines: list[dict | None] = [None] * len(self.seeds)
         self.best_params = jax.tree.map(np.array, jax.device_get(self.params))
         self.acc = self.zero_acc()
 
@@ -175,6 +176,11 @@ class _Run:
             return jax.tree.map(jnp.asarray, tree)
         return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh,
                                                                jax.sharding.PartitionSpec()))
+
+    def layout(self) -> dict:
+        """The device layout (it changes float summation order, so a resume must keep it)."""
+        return {"devices": self.seed_shards * self.row_shards, "seeds": self.seed_shards,
+                "rows": self.row_shards}
 
     def zero_acc(self):
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
@@ -247,6 +253,7 @@ class _Run:
             for b, c in zip(jax.tree.leaves(self.best_params), jax.tree.leaves(cur)):
                 b[improved] = np.asarray(c)[improved]
         self.acc, self.since_eval = self.zero_acc(), 0
+        self.last_lines = lines
         return lines, improved
 
 
@@ -282,9 +289,9 @@ class _Files:
     def meta(self, run: _Run, extra: dict | None = None) -> dict:
         return {"identity": self.identity, "step": run.step, "since_eval": run.since_eval,
                 "seeds": list(run.seeds), "vocab_size": run.data.vocab_size,
-                "optimal_loss": run.data.floor,
+                "optimal_loss": run.data.floor, "devices": run.layout(),
                 "best_val": [None if not np.isfinite(v) else float(v) for v in run.best_val],
-                "best_lines": run.best_lines, **(extra or {})}
+                "best_lines": run.best_lines, "last_lines": run.last_lines, **(extra or {})}
 
     def save_last(self, run: _Run) -> None:
         ckpt.save(self.last, self.meta(run), {"params": run.params, "opt_state": run.opt_state,
@@ -300,9 +307,16 @@ class _Files:
         """Loads the last checkpoint into ``run``; returns the metrics lines up to its step."""
         meta, trees = ckpt.read(self.last)
         self.check_same(meta)
+        if meta.get("devices") != run.layout():
+            raise FormalLMError(Problem(
+                f"{self.last} was written on a device layout {meta.get('devices')}, not "
+                f"{run.layout()}: resuming would not end where an uninterrupted run would",
+                f"resume with the same devices (--cpu-devices "
+                f"{(meta.get('devices') or {}).get('devices', 1)}), or train into a new run "
+                "directory"))
         run.step, run.since_eval = meta["step"], meta["since_eval"]
         run.best_val = np.array([math.inf if v is None else v for v in meta["best_val"]])
-        run.best_lines = meta["best_lines"]
+        run.best_lines, run.last_lines = meta["best_lines"], meta["last_lines"]
         src = str(self.last)
         run.params = run.shard(ckpt.restore(run.params, trees["params"], source=src))
         run.opt_state = run.shard(ckpt.restore(run.opt_state, trees["opt_state"], source=src))
@@ -361,29 +375,24 @@ def _fit(config, data, run_dir, init, resume, progress, mesh, callbacks) -> Trai
     for name, text in data.files().items():
         (files.dir / name).write_text(text)
     files.metrics.write_text("".join(line + "\n" for line in lines))
-    final: list[dict | None] = [None] * len(config.seeds)
-    for line in lines[-len(config.seeds):]:
-        obj = json.loads(line)
-        if obj["seed"] in config.seeds:
-            final[config.seeds.index(obj["seed"])] = obj
     hooks = list(callbacks)
     bar = ProgressBar(config.steps, run.step, data.floor) if progress else None
     hooks += [bar] if bar else []
     seen_T: set[int] = set()
     compiles_before = run.step_fn._cache_size()
     try:
-        final = _loop(run, files, hooks, seen_T, final)
+        _loop(run, files, hooks, seen_T)
     finally:
         if bar:
             bar.close()
     if not files.best.exists():
         files.save_best(run)
-    return TrainResult(files.dir, config.seeds, run.step, final, run.best_lines, files.last,
-                       files.best, data.floor, time.perf_counter() - t0,
+    return TrainResult(files.dir, config.seeds, run.step, run.last_lines, run.best_lines,
+                       files.last, files.best, data.floor, time.perf_counter() - t0,
                        run.step_fn._cache_size() - compiles_before, tuple(sorted(seen_T)))
 
 
-def _loop(run: _Run, files: _Files, hooks, seen_T: set, final: list) -> list:
+def _loop(run: _Run, files: _Files, hooks, seen_T: set) -> None:
     config = run.config
     with open(files.metrics, "a") as mf:
         while run.step < config.steps:
@@ -394,13 +403,12 @@ def _loop(run: _Run, files: _Files, hooks, seen_T: set, final: list) -> list:
                 lines, improved = run.evaluate()
                 mf.write("".join(json.dumps(m) + "\n" for m in lines))
                 mf.flush()
-                final = lines
                 if bad := _diverged(lines):
                     raise FormalLMError(Problem(
                         f"training diverged: seed(s) {[m['seed'] for m in bad]} have a "
                         f"non-finite loss at step {run.step}",
-                        "lower optimizer.lr or raise optimizer.grad_clip's effect (a smaller "
-                        "grad_clip), then train into a new run directory"))
+                        "lower optimizer.lr (or clip gradients: optimizer.grad_clip > 0), then "
+                        "train into a new run directory"))
                 if improved:
                     files.save_best(run)
                 for h in hooks:
@@ -409,4 +417,3 @@ def _loop(run: _Run, files: _Files, hooks, seen_T: set, final: list) -> list:
                 files.save_last(run)
                 for h in hooks:
                     h.on_checkpoint(run.step, files.last)
-    return final

@@ -82,7 +82,7 @@ def anbn_batch(K: int, B: int, T: int, seed: int = 0) -> np.ndarray:
 class Batches:
     """The loop's data for the benchmark: fixed a^n b^n batches (only validation is read)."""
 
-    floor, files = None, dict
+    floor, floor_stderr, files = None, 0.0, dict
 
     def __init__(self, vocab_size: int, T: int):
         self.vocab_size, self.bucket, self.max_tokens = vocab_size, T, T

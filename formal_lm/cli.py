@@ -34,15 +34,28 @@ def cmd_inspect(args) -> None:
     print(f"alphabet: {' '.join(lang.alphabet)}   vocab: {' '.join(lang.vocab.tokens)}")
     for r in lang.rules:
         print(f"rule {r.name}: {r.description}")
-    exact = "" if lang.entropy_is_exact else "  (upper bound: the grammar is ambiguous)"
-    print(f"entropy: {floor.entropy:.6f} nats per string{exact}")
+    estimate = floor.kind == "estimate"  # ambiguous: Monte Carlo string entropy, +- one SE
+
+    def fig(value, se):
+        return f"{value:.6f} ± {se:.6f}" if estimate else f"{value:.6f}"
+
+    if estimate:
+        what = {"PFSA": "path", "CounterLanguage": "count"}.get(type(lang).__name__, "derivation")
+        print(f"entropy: {fig(floor.entropy, floor.entropy_stderr)} nats per string (Monte Carlo "
+              f"estimate from {floor.n_samples} exact samples; the {what} entropy "
+              f"{lang.entropy():.6f} is an upper bound)")
+    else:
+        print(f"entropy: {floor.entropy:.6f} nats per string")
     print(f"expected length: {floor.tokens_per_string - 1:.4f} symbols (+1 EOS)")
-    print("exact optimal loss (nats per token, EOS predicted):")
-    print(f"  corpus (total nats / total tokens): {floor.per_token:.6f}")
+    print("estimated optimal loss (nats per token, EOS predicted; ± one standard error):"
+          if estimate else "exact optimal loss (nats per token, EOS predicted):")
+    upper = f"   (upper bound {floor.upper_bound:.6f})" if estimate else ""
+    print(f"  corpus (total nats / total tokens): {fig(floor.per_token, floor.stderr)}{upper}")
     if floor.per_token_symbols_only is not None:
         print(f"  symbols only (EOS not scored):      {floor.per_token_symbols_only:.6f}")
     if floor.per_sequence_mean is not None:
-        print(f"  mean of per-sequence averages:      {floor.per_sequence_mean:.6f}")
+        print(f"  mean of per-sequence averages:      "
+              f"{fig(floor.per_sequence_mean, floor.per_sequence_stderr)}")
     dist = lang.length_distribution(args.max_length)
     print(f"probability mass by length (up to {args.max_length}):")
     for L in np.flatnonzero(dist > 0)[: args.max_length]:
@@ -88,11 +101,20 @@ def cmd_train(args) -> None:
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     import jax
     print(f"{result.step} steps in {result.wall_time:.1f} s on {jax.local_device_count()} "
-          f"{jax.default_backend()} device(s); exact optimal loss "
-          f"{result.optimal_loss:.5f} nats/token; checkpoints in {result.last_checkpoint.parent}")
+          f"{jax.default_backend()} device(s); {_floor(result)}; checkpoints in "
+          f"{result.last_checkpoint.parent}")
     print(f"{'seed':>6} {'loss':>9} {'val_loss':>9} {'kl':>9}   (last eval)")
     for m in result.final:
         print(f"{m['seed']:>6} {m['loss']:>9.5f} {m['val_loss']:>9.5f} {m['kl']:>9.5f}")
+
+
+def _floor(result) -> str:
+    if result.optimal_loss is None:
+        return "no known loss floor"
+    if result.optimal_loss_stderr:
+        return (f"optimal loss {result.optimal_loss:.5f} ± {result.optimal_loss_stderr:.5f} "
+                "nats/token (Monte Carlo estimate: the grammar is ambiguous)")
+    return f"exact optimal loss {result.optimal_loss:.5f} nats/token"
 
 
 def cmd_run(args) -> None:

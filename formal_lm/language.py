@@ -17,6 +17,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -44,15 +45,33 @@ class LengthStats:
 class LossFloor:
     """The best achievable next-token cross-entropy on a language, in nats (EOS predicted).
 
+    ``kind`` says what the figures are. ``"exact"``: computed exactly (the string entropy is known
+    in closed form). ``"estimate"``: the language is ambiguous (a PCFG that is not proven
+    unambiguous, a PFSA with two paths for some string), so the string entropy has no closed form;
+    ``entropy``, ``per_token`` and ``per_sequence_mean`` are then unbiased Monte Carlo estimates
+    of the *string* entropy's figures, means of -ln p(s_i) over exact samples s_i with exact
+    ln p(s_i) (every derivation or path summed), each with its standard error (sample standard
+    deviation / sqrt(n)); ``upper_bound`` is the exact derivation- or path-entropy floor, which
+    exceeds the true floor by E[H(derivation | string)] per string.
+
     Attributes:
         entropy: H(strings), nats per string.
-        tokens_per_string: E[|s|] + 1 (the EOS prediction counted).
+        tokens_per_string: E[|s|] + 1 (the EOS prediction counted); always exact.
         per_token: entropy / tokens_per_string, the floor of a corpus-level loss (total nats over
             total predicted tokens); this is what a PAD-masked training loss converges to.
-        per_token_symbols_only: the floor when EOS targets are not scored, or None.
+        per_token_symbols_only: the floor when EOS targets are not scored, or None (not computed
+            for estimates).
         per_sequence_mean: E[-ln p(s) / (|s| + 1)], the floor of a loss that averages each
-            sequence's per-token loss first, or None when no exact value is known.
-        bound: an upper bound on the error of the per-sequence figures from truncating lengths.
+            sequence's per-token loss first, or None when it is not known.
+        bound: an upper bound on the error of the per-sequence figures from truncating lengths
+            (0 for an estimate, which truncates nothing: its error is in the stderr fields).
+        kind: ``"exact"`` or ``"estimate"``.
+        stderr: the standard error of ``per_token`` (0.0 when exact).
+        entropy_stderr: the standard error of ``entropy`` (0.0 when exact).
+        upper_bound: for an estimate, the derivation/path-entropy per-token floor, an exact upper
+            bound on the true ``per_token``; None when exact.
+        per_sequence_stderr: the standard error of ``per_sequence_mean`` (0.0 when exact).
+        n_samples: how many exact samples an estimate used (0 when exact).
     """
 
     entropy: float
@@ -61,6 +80,12 @@ class LossFloor:
     per_token_symbols_only: float | None
     per_sequence_mean: float | None
     bound: float
+    kind: Literal["exact", "estimate"] = "exact"
+    stderr: float = 0.0
+    entropy_stderr: float = 0.0
+    upper_bound: float | None = None
+    per_sequence_stderr: float = 0.0
+    n_samples: int = 0
 
 
 class Language(abc.ABC):
@@ -81,7 +106,8 @@ class Language(abc.ABC):
     alphabet: tuple[str, ...]
     rules: tuple[Rule, ...] = ()
     description: str = ""
-    entropy_is_exact: bool = True  # False where only an upper bound is known (ambiguity)
+    # False where entropy() is only an upper bound (ambiguity); optimal_loss() then estimates
+    entropy_is_exact: bool = True
 
     @property
     def vocab(self) -> Vocab:
@@ -108,7 +134,12 @@ class Language(abc.ABC):
 
     @abc.abstractmethod
     def entropy(self) -> float:
-        """Entropy of the string distribution in nats (an upper bound if not entropy_is_exact)."""
+        """Entropy of the string distribution in nats, where ``entropy_is_exact``.
+
+        Otherwise (an ambiguous language) it is the derivation or path entropy, an UPPER BOUND on
+        the string entropy; ``optimal_loss()`` gives an unbiased Monte Carlo estimate of the
+        string entropy with its standard error.
+        """
 
     @abc.abstractmethod
     def expected_length(self) -> float:
@@ -203,8 +234,30 @@ class Language(abc.ABC):
                 return st
             L = min(2 * L, limit)
 
-    def optimal_loss(self) -> LossFloor:
-        """The exact floor of the next-token training loss (see ``LossFloor``)."""
+    def optimal_loss(self, *, n: int = 4096, seed: int = 0) -> LossFloor:
+        """The floor of the next-token training loss (see ``LossFloor``).
+
+        Exact where ``entropy_is_exact`` (``n`` and ``seed`` are then ignored). Otherwise an
+        unbiased Monte Carlo estimate of the string entropy from ``n`` exact samples drawn with
+        ``formal_lm.seeding.derive(seed, Stream.FLOOR)`` (so the same ``(n, seed)`` gives the
+        same figures), scored with exact ``log_prob``; ``kind``, the stderr fields and
+        ``upper_bound`` say so. Estimates are cached on the instance per ``(n, seed)``.
+
+        Raises:
+            FormalLMError: ``n`` below 2 (a standard error needs two samples).
+        """
+        if self.entropy_is_exact:
+            return self._exact_floor()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise FormalLMError(Problem(f"n={n!r} must be an integer >= 2",
+                                        "use the default, n=4096"))
+        cache = self.__dict__.setdefault("_floor_estimates", {})
+        key = (int(n), int(seed))
+        if key not in cache:
+            cache[key] = self._estimated_floor(*key)
+        return cache[key]
+
+    def _exact_floor(self) -> LossFloor:
         H, EL = self.entropy(), self.expected_length()
         st = self._stats_to_tail()
         lengths = np.arange(len(st.prob))
@@ -218,12 +271,36 @@ class Language(abc.ABC):
         bound = st.tail if st.surprisal is None else max(0.0, H - float(st.surprisal.sum()))
         return LossFloor(H, EL + 1, H / (EL + 1), symbols_only, per_seq, bound)
 
+    def _estimated_floor(self, n: int, seed: int) -> LossFloor:
+        """H = E[-ln p(s)] by the mean over ``n`` exact samples (see ``optimal_loss``)."""
+        from formal_lm.seeding import Stream, derive
+        samples = self.sample(n, seed=derive(seed, Stream.FLOOR))
+        surprisal = -self._log_probs(samples)
+        if not np.all(np.isfinite(surprisal)):
+            bad = samples[int(np.flatnonzero(~np.isfinite(surprisal))[0])]
+            raise FormalLMError(f"{self.name!r} sampled {bad!r} but gives it ln p = -inf "
+                                "(sample and log_prob disagree)")
+        lengths = np.array([len(s) for s in samples], dtype=float)
+        EL = self.expected_length()
+        H, se = float(surprisal.mean()), float(surprisal.std(ddof=1) / math.sqrt(n))
+        per_seq = surprisal / (lengths + 1)
+        return LossFloor(H, EL + 1, H / (EL + 1), None, float(per_seq.mean()), 0.0,
+                         kind="estimate", stderr=se / (EL + 1), entropy_stderr=se,
+                         upper_bound=self.entropy() / (EL + 1),
+                         per_sequence_stderr=float(per_seq.std(ddof=1) / math.sqrt(n)),
+                         n_samples=n)
+
+    def _log_probs(self, strings: Sequence[String]) -> np.ndarray:
+        """Exact ln p(s) of each string (a hook a family may override for speed)."""
+        return np.array([self.log_prob(s) for s in strings], dtype=float)
+
     def info(self) -> dict:
         """A summary used by ``formal-lm inspect``."""
         floor = self.optimal_loss()
         return {"name": self.name, "family": type(self).__name__, "alphabet": self.alphabet,
                 "rules": [f"{r.name}: {r.description}" for r in self.rules],
                 "entropy_nats": floor.entropy, "entropy_is_exact": self.entropy_is_exact,
+                "entropy_kind": floor.kind, "entropy_stderr": floor.entropy_stderr,
                 "expected_length": floor.tokens_per_string - 1, "loss_floor": floor}
 
     def __repr__(self) -> str:

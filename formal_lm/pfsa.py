@@ -96,7 +96,8 @@ class PFSA(Language):
         self.M = T.sum(0)
         self._check_graph(locations)
         self.deterministic = bool(((T > 0).sum(axis=2) <= 1).all() and (init > 0).sum() == 1)
-        self.entropy_is_exact = self.deterministic
+        # path entropy = string entropy iff no string has two paths (a PDFA never has)
+        self.entropy_is_exact = self.deterministic or self._unambiguous()
         with np.errstate(divide="ignore"):
             self._logT, self._logrho = np.log(T), np.log(rho)
         self._visits = np.linalg.solve((np.eye(S) - self.M).T, init)  # init (I - M)^-1
@@ -127,6 +128,40 @@ class PFSA(Language):
                                         f"{radius:.6g} >= 1: the automaton is not tight",
                                         "raise halting probabilities"))
         raise_if(problems)
+
+    def _unambiguous(self, max_pairs: int = 40_000) -> bool:
+        """No string has two accepting paths: no pair of distinct states is reachable from two
+        start states on one string and can then halt on one string (the squared automaton).
+        False (not proven) above ``max_pairs`` reachable pairs."""
+        succ = [[np.flatnonzero(self.T[a, q]) for q in range(len(self.states))]
+                for a in range(len(self.alphabet))]
+        starts = np.flatnonzero(self.init)
+        seen = {(int(p), int(q)) for p in starts for q in starts}
+        todo, edges = list(seen), {}
+        while todo:
+            pair = todo.pop()
+            p, q = pair
+            out = edges[pair] = [(int(r), int(t)) for a in range(len(succ))
+                                 for r in succ[a][p] for t in succ[a][q]]
+            for nxt in out:
+                if nxt not in seen:
+                    if len(seen) >= max_pairs:
+                        return False
+                    seen.add(nxt)
+                    todo.append(nxt)
+        # backwards from the pairs that both halt
+        back: dict = {}
+        for pair, out in edges.items():
+            for nxt in out:
+                back.setdefault(nxt, []).append(pair)
+        live = {(p, q) for p, q in seen if self.rho[p] > 0 and self.rho[q] > 0}
+        todo = list(live)
+        while todo:
+            for prev in back.get(todo.pop(), ()):
+                if prev not in live:
+                    live.add(prev)
+                    todo.append(prev)
+        return all(p == q for p, q in live)
 
     # ----- forward algorithm (scaled) -------------------------------------------------------------
     def _ids(self, s):
@@ -263,26 +298,32 @@ class PFSA(Language):
 
     # ----- exact expectations -------------------------------------------------------------------------
     def entropy(self) -> float:
-        """Exact for a PDFA; for a non-deterministic PFSA the path entropy, an upper bound."""
+        """The path entropy in nats: the string entropy where ``entropy_is_exact`` (a PDFA, or an
+        automaton with at most one path per string). Where some string has two paths it is an
+        upper bound on the string entropy; ``optimal_loss()`` then estimates the string entropy
+        (Monte Carlo, with a standard error)."""
         local = -(_xlogx(self.T).sum(axis=(0, 2)) + _xlogx(self.rho))
-        return float(self._visits @ local)
+        return float(self._visits @ local - _xlogx(self.init).sum())  # + the start's entropy
 
     def expected_length(self) -> float:
         return float(self._visits @ (1 - self.rho))
 
     def length_stats(self, max_length: int) -> LengthStats:
         prob = np.zeros(max_length + 1)
-        surprisal = np.zeros(max_length + 1) if self.deterministic else None
+        # one path per string: path surprisal = string surprisal; but E[-ln p(EOS | s)] needs the
+        # state after a prefix to be known, which only a PDFA guarantees
+        surprisal = np.zeros(max_length + 1) if self.entropy_is_exact else None
         eos = np.zeros(max_length + 1) if self.deterministic else None
-        a, b = self.init.copy(), np.zeros(len(self.states))  # mass and mass-weighted surprisal
+        a, b = self.init.copy(), -_xlogx(self.init)  # mass and mass-weighted surprisal
         arc_surprisal = -_xlogx(self.T).sum(0)  # [S, S]: sum_a T_a (-ln T_a)
         halt_surprisal = -_xlogx(self.rho)
         for L in range(max_length + 1):
             prob[L] = a @ self.rho
-            if self.deterministic:
+            if surprisal is not None:
                 surprisal[L] = b @ self.rho + a @ halt_surprisal
-                eos[L] = a @ halt_surprisal
                 b = b @ self.M + a @ arc_surprisal
+            if eos is not None:
+                eos[L] = a @ halt_surprisal
             a = a @ self.M
         return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
 

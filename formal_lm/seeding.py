@@ -6,7 +6,9 @@ independent 31-bit seed with numpy's ``SeedSequence``. Because the batch of step
 resumed from a checkpoint draws exactly what an uninterrupted run would have drawn.
 
 Streams are numbered once, here; a number is never reused for another purpose (results recorded
-under it would silently change meaning).
+under it would silently change meaning). The exact samplers (``Language.sample(seed=...)``,
+``random_pdfa(seed=...)``) take a plain seed, like numpy: the package always passes them one
+derived from a stream.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ class Stream(enum.IntEnum):
     FINETUNE = 15      # the fixed fine-tuning data set of one seed
     BOOTSTRAP = 16     # bootstrap resamples and Monte Carlo permutations of the statistics
     PLOT = 17          # jitter of strip plots
+    FLOOR = 18         # samples of the Monte Carlo loss floor of an ambiguous language
+    ICL_BAYES = 19     # particle filters of the Bayes-optimal in-context predictor
 
 
 SHARED = 0

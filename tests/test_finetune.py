@@ -71,7 +71,7 @@ class _SameBatches:
 
     def __init__(self, inner):
         self.inner = inner
-        self.vocab_size, self.floor = inner.vocab_size, inner.floor
+        self.vocab_size, self.floor, self.floor_stderr = inner.vocab_size, inner.floor, 0.0
         self.bucket, self.max_tokens = inner.bucket, inner.max_tokens
 
     def train_ids(self, seed, step):

@@ -291,7 +291,7 @@ def test_fit_starts_from_given_parameters(run3, tmp_path):
 class FixedIds:
     """A TrainingData that is not a language: fixed token rows, no exact reference."""
 
-    vocab_size, floor, bucket, max_tokens = 5, None, 8, 8
+    vocab_size, floor, floor_stderr, bucket, max_tokens = 5, None, 0.0, 8, 8
 
     def __init__(self):
         self.ids = np.array([[1, 3, 4, 2, 0, 0], [1, 3, 3, 4, 4, 2]] * 4, np.int32)

@@ -21,6 +21,80 @@ from formal_lm.pcfg._notation import parse_nltk
 from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID, String
 
 
+def is_lr1(prods: Sequence[Production], nonterminals, start: str,
+           by_lhs: Mapping[str, Sequence[int]], max_states: int = 3000) -> bool:
+    """Sufficient for unambiguity, and passed by every LL(1) grammar and more (left recursion,
+    for one): the canonical LR(1) automaton of the grammar augmented with S' -> start has no
+    shift-reduce or reduce-reduce conflict (Knuth 1965; an LR(k) grammar is unambiguous). Rules
+    count by index, so a repeated rule is a conflict. False (not proven) past ``max_states``.
+    """
+    nts = set(nonterminals)
+    nullable: set[str] = set()
+    first: dict[str, set] = {A: set() for A in nts}
+    changed = True
+    while changed:
+        changed = False
+        for lhs, rhs, _ in prods:
+            for x in rhs:
+                new = first[x] if x in nts else {x}
+                if not new <= first[lhs]:
+                    first[lhs] |= new
+                    changed = True
+                if x not in nullable:
+                    break
+            else:
+                if lhs not in nullable:
+                    nullable.add(lhs)
+                    changed = True
+    rules = [rhs for _, rhs, _ in prods] + [(start,)]  # the last is S' -> start
+    end = None  # the end-of-input lookahead
+
+    def lookaheads(seq, la) -> set:
+        out = set()
+        for x in seq:
+            out |= first[x] if x in nts else {x}
+            if x not in nullable:
+                return out
+        return out | {la}
+
+    def closure(items) -> frozenset:
+        items, todo = set(items), list(items)
+        while todo:
+            k, dot, la = todo.pop()
+            rhs = rules[k]
+            if dot < len(rhs) and rhs[dot] in nts:
+                for b in lookaheads(rhs[dot + 1:], la):
+                    for k2 in by_lhs[rhs[dot]]:
+                        if (k2, 0, b) not in items:
+                            items.add((k2, 0, b))
+                            todo.append((k2, 0, b))
+        return frozenset(items)
+
+    states = {closure({(len(prods), 0, end)})}
+    todo = list(states)
+    while todo:
+        state = todo.pop()
+        reduce: dict = {}
+        moves: dict = {}
+        for k, dot, la in state:
+            rhs = rules[k]
+            if dot == len(rhs):
+                if reduce.setdefault(la, k) != k:
+                    return False  # reduce-reduce
+            else:
+                moves.setdefault(rhs[dot], set()).add((k, dot + 1, la))
+        if any(la in moves for la in reduce):
+            return False  # shift-reduce (nonterminals never collide with terminals or None)
+        for items in moves.values():
+            nxt = closure(items)
+            if nxt not in states:
+                if len(states) >= max_states:
+                    return False
+                states.add(nxt)
+                todo.append(nxt)
+    return True
+
+
 @final
 class PCFG(Language):
     """A probabilistic context-free grammar, with exact string, prefix and next-token probabilities.
@@ -102,7 +176,9 @@ class PCFG(Language):
         self._by_lhs = {A: tuple(v) for A, v in g.by_lhs.items()}
         self._cache: dict = {}
         self._cnf = to_cnf(g.prods, g.nts, self.alphabet, start)
-        self.entropy_is_exact = is_ll1(self.productions, g.nts, start, self._by_lhs)
+        # unambiguous when LL(1) or, failing that, LR(1) (every LR(k) grammar is unambiguous)
+        self.entropy_is_exact = (is_ll1(self.productions, g.nts, start, self._by_lhs)
+                                 or is_lr1(self.productions, g.nts, start, self._by_lhs))
         self.ambiguity_witness: String | None = None
         if not self.entropy_is_exact:
             self.ambiguity_witness = find_ambiguity(self.productions, g.nts, start, self._by_lhs)
@@ -326,10 +402,12 @@ class PCFG(Language):
     def entropy(self) -> float:
         """Derivational entropy in nats: H_A = local entropy + expected children's entropies.
 
-        Equal to the string entropy when ``entropy_is_exact`` (the grammar passed an LL(1) check,
-        so it is unambiguous). Otherwise it is an upper bound on the string entropy
-        (H(derivation) = H(string) + H(derivation | string)); ``ambiguity_witness`` then holds a
-        string with two derivations when the bounded search found one.
+        Equal to the string entropy when ``entropy_is_exact`` (the grammar passed an LL(1) or an
+        LR(1) check, so it is unambiguous). Otherwise it is an UPPER BOUND on the string entropy
+        (H(derivation) = H(string) + H(derivation | string)), and ``optimal_loss()`` gives an
+        unbiased Monte Carlo estimate of the string entropy with its standard error;
+        ``ambiguity_witness`` then holds a string with two derivations when the bounded search
+        found one.
         """
         if "H" not in self._cache:
             A, h, _, s = self._moment_system()

@@ -207,7 +207,7 @@ class ICLData:
     same ``eval_size`` held-out sequences with their exact per-sequence oracle.
     """
 
-    floor = None  # no exact loss floor: the Bayes-optimal in-context predictor is not computed
+    floor, floor_stderr = None, 0.0  # no loss floor here (the Bayes-optimal reference is analysed)
 
     def __init__(self, family: PDFAFamily, *, batch_size: int, pool_size: int, eval_size: int,
                  bucket: int = 16, eval_seed: int = SHARED):

@@ -83,7 +83,8 @@ class TrainingData(Protocol):
     """What :func:`formal_lm.training.fit` needs to know about its data."""
 
     vocab_size: int
-    floor: float | None  # the exact loss floor (nats per real token), None when unknown
+    floor: float | None  # the loss floor (nats per real token), None when unknown
+    floor_stderr: float  # its standard error: 0.0 when exact, > 0 for a Monte Carlo estimate
     bucket: int  # batches are padded to a multiple of this many tokens ...
     max_tokens: int  # ... but not beyond this (the longest sequence a batch may hold)
 
@@ -243,7 +244,8 @@ class LanguageData:
         self.lang, self.data, self.batch_size, self.objective = lang, data, batch_size, objective
         self.vocab_size = lang.vocab.size
         self.bucket, self.max_tokens = data.bucket, data.max_length
-        self.floor = float(lang.optimal_loss().per_token)
+        loss_floor = lang.optimal_loss()  # exact, or an estimate with its error (ambiguity)
+        self.floor, self.floor_stderr = float(loss_floor.per_token), float(loss_floor.stderr)
         self._sources: dict[int, Strings] = {}
         self.split = None
         if objective.name in objectives.COMPLETION_OBJECTIVES:

@@ -57,7 +57,8 @@ class TrainResult:
         final: per seed, the last metrics object written.
         best: per seed, the metrics object of its lowest validation loss (its best checkpoint).
         last_checkpoint, best_checkpoint: checkpoint paths.
-        optimal_loss: the exact loss floor (nats per real token), None when the data has none.
+        optimal_loss: the loss floor (nats per real token), None when the data has none.
+        optimal_loss_stderr: its standard error (0.0: exact; > 0: a Monte Carlo estimate).
         wall_time: seconds spent in this call.
         compiles: how many times the train step was compiled (one per sequence-length bucket).
         buckets: the padded batch lengths T seen in this call.
@@ -71,6 +72,7 @@ class TrainResult:
     last_checkpoint: Path
     best_checkpoint: Path
     optimal_loss: float | None
+    optimal_loss_stderr: float
     wall_time: float
     compiles: int
     buckets: tuple[int, ...] = ()
@@ -92,10 +94,11 @@ class Callback:
 class ProgressBar(Callback):
     """A tqdm bar with per-seed training loss, mean validation loss and the exact floor."""
 
-    def __init__(self, total: int, initial: int, floor: float | None):
+    def __init__(self, total: int, initial: int, floor: float | None, stderr: float = 0.0):
         from tqdm.auto import tqdm
         self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
-        self.floor = floor
+        self.floor = None if floor is None else (f"{floor:.4f}" if not stderr else
+                                                 f"{floor:.4f} ± {stderr:.4f} (estimate)")
 
     def on_step(self, step):
         self.bar.update(1)
@@ -104,7 +107,7 @@ class ProgressBar(Callback):
         text = "loss " + " ".join(f"{m['loss']:.4f}" for m in lines if m["loss"] is not None)
         vals = [m["val_loss"] for m in lines if m["val_loss"] is not None]
         text += f" | val {np.mean(vals):.4f}" if vals else ""
-        text += f" | optimal {self.floor:.4f}" if self.floor is not None else ""
+        text += f" | optimal {self.floor}" if self.floor is not None else ""
         self.bar.set_postfix_str(text)
 
     def close(self):
@@ -239,6 +242,7 @@ class _Run:
             obj.update({n: _finite_or_none(v[k]) for n, v in ev.items()})
             if self.data.floor is not None:
                 obj["optimal_loss"] = self.data.floor
+                obj["optimal_loss_stderr"] = self.data.floor_stderr  # 0: exact
             if self.val_floor is not None:
                 obj["val_optimal_loss"] = self.val_floor
             obj["lr"] = lr
@@ -376,7 +380,7 @@ def _fit(config, data, run_dir, init, resume, progress, mesh, callbacks) -> Trai
         (files.dir / name).write_text(text)
     files.metrics.write_text("".join(line + "\n" for line in lines))
     hooks = list(callbacks)
-    bar = ProgressBar(config.steps, run.step, data.floor) if progress else None
+    bar = ProgressBar(config.steps, run.step, data.floor, data.floor_stderr) if progress else None
     hooks += [bar] if bar else []
     seen_T: set[int] = set()
     compiles_before = run.step_fn._cache_size()
@@ -388,7 +392,8 @@ def _fit(config, data, run_dir, init, resume, progress, mesh, callbacks) -> Trai
     if not files.best.exists():
         files.save_best(run)
     return TrainResult(files.dir, config.seeds, run.step, run.last_lines, run.best_lines,
-                       files.last, files.best, data.floor, time.perf_counter() - t0,
+                       files.last, files.best, data.floor, data.floor_stderr,
+                       time.perf_counter() - t0,
                        run.step_fn._cache_size() - compiles_before, tuple(sorted(seen_T)))
 
 

@@ -1,10 +1,15 @@
 """Counter languages: a template of symbol blocks whose lengths are multiples of latent counts.
 
 ``a^n b^n`` is ``blocks=[("a", 1, "n"), ("b", 1, "n")]`` with a prior over ``n``; ``b a^(2n)`` is
-``[("b", 1, None), ("a", 2, "n")]`` (a block with no variable has a fixed length). Strings and
-latent assignments are in bijection, so every quantity is a closed form in the priors:
-P(prefix) is the prior mass of the counts consistent with the prefix, which is an interval per
-variable (for a^n b^n after a^j: n >= j; p(b | a^j) = P(n = j) / P(n >= j)).
+``[("b", 1, None), ("a", 2, "n")]`` (a block with no variable has a fixed length). When every
+block has at most one variable, strings and latent assignments are in bijection, so every
+quantity is a closed form in the priors: P(prefix) is the prior mass of the counts consistent
+with the prefix, which is an interval per variable (for a^n b^n after a^j: n >= j;
+p(b | a^j) = P(n = j) / P(n >= j)).
+
+A block may also sum several variables: ``Block("c", 1, "n", plus=((1, "m"),))`` has n + m
+symbols (a^n b^m c^(n+m)). Such templates go through ``formal_lm.counter_linear``, which sums
+over every assignment that gives the string (there may be several).
 """
 from __future__ import annotations
 
@@ -14,18 +19,47 @@ import math
 
 import numpy as np
 
+from formal_lm import counter_linear as linear
 from formal_lm.errors import FormalLMError, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.priors import Prior
-from formal_lm.rules import Rule
+from formal_lm.rules import Rule, alphabet_problems
 from formal_lm.vocab import EOS_ID, check_symbols
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Block:
+    """``coef * var`` copies of ``symbol`` (``coef`` copies when ``var`` is None), plus
+    ``c * v`` more for each ``(c, v)`` in ``plus``: ``Block("c", 1, "n", ((2, "m"),))`` is
+    c^(n+2m)."""
+
     symbol: str
     coef: int  # the block has coef * var symbols, or coef symbols when var is None
     var: str | None = None
+    plus: tuple[tuple[int, str], ...] = ()  # further terms (coef, var) of the count
+
+    def terms(self) -> tuple[tuple[str, int], ...]:
+        """The count as ((variable, coefficient), ...); () for a fixed length."""
+        if self.var is None:
+            return ()
+        return ((self.var, self.coef),) + tuple((v, c) for c, v in self.plus)
+
+    def count_text(self) -> str:
+        """The count as a grammar file writes it: '3', 'n', '2n', 'n+2m'."""
+        if self.var is None:
+            return str(self.coef)
+        return "+".join(f"{'' if c == 1 else c}{v}" for v, c in self.terms())
+
+    def __repr__(self) -> str:
+        more = f", plus={self.plus!r}" if self.plus else ""
+        return f"Block(symbol={self.symbol!r}, coef={self.coef!r}, var={self.var!r}{more})"
+
+
+def _well_formed(b: Block) -> bool:
+    """A positive coefficient, and further terms only after a variable, each (int >= 1, str)."""
+    return isinstance(b.coef, int) and b.coef >= 1 and isinstance(b.plus, tuple) and all(
+        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], int) and t[0] >= 1
+        and isinstance(t[1], str) for t in b.plus) and (b.var is not None or not b.plus)
 
 
 # A parse state: (block index, length of the run inside that block, constraints per variable).
@@ -42,6 +76,12 @@ class CounterLanguage(Language):
         ...                        {"n": Uniform(1, 4)})
         >>> round(lang.prob("aabb"), 6), lang.accepts("aab")
         (0.25, False)
+
+        A block may sum variables: a^n b^m c^(n+m), and c^k alone sums every n + m = k:
+        >>> lang = CounterLanguage("c", [Block("c", 1, "n", plus=((1, "m"),))],
+        ...                        {"n": Uniform(1, 2), "m": Uniform(1, 2)})
+        >>> round(lang.prob("ccc"), 6), round(lang.next_token_dist("cc")["c"], 6)
+        (0.5, 0.75)
     """
 
     def __init__(self, name: str, blocks, priors: dict[str, Prior], *, rules: tuple[Rule, ...] = (),
@@ -59,41 +99,84 @@ class CounterLanguage(Language):
         raise_if(self._problems())
         self._var_index = {v: i for i, v in enumerate(self.vars)}
         self._start: _State = (0, 0, tuple((0.0, math.inf) for _ in self.vars))
+        self._linear = any(b.plus for b in self.blocks)  # else the closed forms below
+        if self._linear:
+            self._string = self._linear_string
+        self._terms = tuple(tuple((self._var_index[v], c) for v, c in b.terms())
+                            for b in self.blocks)
+        self._pmf_cache: dict[tuple[int, int], float] = {}
+        self._mass_cache: dict = {}  # constraints -> ln mass, for templates that sum variables
+        self._h_cond: float | None = None
+        self.entropy_is_exact = not self._linear or linear.conditional_entropy_known(self)
+
+    def _log_pmf(self, v: int, x: int) -> float:
+        key = (v, x)
+        if key not in self._pmf_cache:
+            self._pmf_cache[key] = float(self.priors[self.vars[v]].log_pmf(x))
+        return self._pmf_cache[key]
 
     def _problems(self) -> list[Problem]:
         out = check_symbols(self.alphabet)
         if not self.blocks:
             out.append(Problem("the template has no blocks", "list blocks such as ['a', 'n']"))
+        ok = []  # the blocks whose counts are well formed
         for i, b in enumerate(self.blocks):
-            if b.symbol not in self.alphabet:
-                out.append(Problem(f"block {i} symbol={b.symbol!r} is not in the alphabet "
-                                   f"{self.alphabet}", "add it to the alphabet"))
-            if not isinstance(b.coef, int) or b.coef < 1:
-                out.append(Problem(f"block {i} count={b.coef!r} is not a positive integer",
-                                   "write counts as '1', '3', 'n' or '2n'"))
-            if b.var is not None and b.var not in self.priors:
-                out.append(Problem(f"block {i} uses count variable {b.var!r} with no prior",
-                                   f"add a [prior.{b.var}] table"))
+            out.extend(self._block_problems(i, b))
+            ok.append(_well_formed(b))
             if i > 0 and self.blocks[i - 1].symbol == b.symbol:
                 out.append(Problem(f"blocks {i - 1} and {i} repeat symbol={b.symbol!r}",
                                    "merge them into one block"))
+        used = {v for b, good in zip(self.blocks, ok) if good for v, _ in b.terms()}
         for v, prior in self.priors.items():
             out.extend(prior.problems())
-            if not any(b.var == v for b in self.blocks):
+            if v not in used:
                 out.append(Problem(f"count variable {v!r} has a prior but no block uses it",
                                    "remove the prior or use the variable in a block"))
-        for i in range(1, len(self.blocks) - 1):  # an empty block between equal symbols is ambiguous
-            b = self.blocks[i]
-            if b.var is not None and b.var in self.priors and self.priors[b.var].min == 0 and \
-                    self.blocks[i - 1].symbol == self.blocks[i + 1].symbol:
-                out.append(Problem(f"block {i} ({b.symbol}) can be empty between two "
-                                   f"{self.blocks[i - 1].symbol!r} blocks, so strings do not "
-                                   "determine the counts", f"give {b.var!r} a prior with min >= 1"))
-        for r in self.rules:
-            for s in r.symbols_used():
-                if s not in self.alphabet:
-                    out.append(Problem(f"rule {r.name} names symbol={s!r} outside the alphabet",
-                                       "use the alphabet's symbols"))
+        return out + self._ambiguity_problems(ok) + alphabet_problems(self.rules, self.alphabet)
+
+    def _block_problems(self, i: int, b: Block) -> list[Problem]:
+        out = []
+        if b.symbol not in self.alphabet:
+            out.append(Problem(f"block {i} symbol={b.symbol!r} is not in the alphabet "
+                               f"{self.alphabet}", "add it to the alphabet"))
+        fix = "write counts as '1', '3', 'n', '2n' or 'n+2m'"
+        if not isinstance(b.coef, int) or b.coef < 1:
+            return out + [Problem(f"block {i} count={b.coef!r} is not a positive integer", fix)]
+        if not _well_formed(b):
+            return out + [Problem(f"block {i} plus={b.plus!r} is not a tuple of (coefficient, "
+                                  "variable) terms added to a variable count", fix)]
+        names = [v for v, _ in b.terms()]
+        if len(set(names)) < len(names):
+            out.append(Problem(f"block {i} count={b.count_text()!r} names a variable twice",
+                               "add its coefficients: 'n+n' is '2n'"))
+        for v in dict.fromkeys(names):
+            if v not in self.priors:
+                out.append(Problem(f"block {i} uses count variable {v!r} with no prior",
+                                   f"add a [prior.{v}] table"))
+        return out
+
+    def _ambiguity_problems(self, ok) -> list[Problem]:
+        """Blocks that can all be empty at once between two blocks of one symbol: the string
+        would not say which of the two a run belongs to."""
+        def can_be_empty(k):
+            b = B[k]
+            return ok[k] and b.var is not None and all(
+                v in self.priors and self.priors[v].min == 0 for v, _ in b.terms())
+
+        out, B = [], self.blocks
+        for i in range(len(B)):
+            for j in range(i + 2, len(B)):
+                if not can_be_empty(j - 1):
+                    break
+                if B[i].symbol != B[j].symbol:
+                    continue
+                gap = [k for k in range(i + 1, j)]
+                names = sorted({v for k in gap for v, _ in B[k].terms()})
+                what = f"block {gap[0]} ({B[gap[0]].symbol})" if len(gap) == 1 else \
+                    f"blocks {gap[0]}..{gap[-1]}"
+                out.append(Problem(f"{what} can be empty between two {B[i].symbol!r} blocks, so "
+                                   "strings do not determine the counts",
+                                   f"give {', '.join(map(repr, names))} a prior with min >= 1"))
         return out
 
     # ----- parsing a prefix into count constraints --------------------------------------------
@@ -164,19 +247,31 @@ class CounterLanguage(Language):
 
     # ----- Language primitives --------------------------------------------------------------------
     def log_prob(self, s) -> float:
+        if self._linear:
+            state = linear.parse(self, self._s(s))
+            return -math.inf if state is None else linear.log_mass(
+                self, linear.constraints(self, state, final=True))
         state = self._parse(self._s(s))
         return -math.inf if state is None else self._log_mass(self._final_constraints(state))
 
     def prefix_log_prob(self, p) -> float:
+        if self._linear:
+            state = linear.parse(self, self._s(p))
+            return -math.inf if state is None else linear.log_mass(
+                self, linear.constraints(self, state, final=False))
         state = self._parse(self._s(p))
         return -math.inf if state is None else self._log_mass(self._open_constraints(state))
 
     def next_token_table(self, s) -> np.ndarray:
         s = self._s(s)
+        if self._linear:
+            return linear.next_token_table(self, s)
         return self.next_token_probs(self.vocab.batch([s], eos=False))[0]
 
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised across the batch: every run of every row is computed in one pass per block."""
+        if self._linear:  # row by row (the base class's loop over next_token_table)
+            return Language.next_token_probs(self, ids)
         ids, out = self._probs_buffer(ids)
         B, T = ids.shape
         out[:, 0] = self._row(self._start)
@@ -288,11 +383,21 @@ class CounterLanguage(Language):
             out.extend([b.symbol] * (b.coef * (counts[b.var] if b.var else 1)))
         return tuple(out)
 
+    def _linear_string(self, counts: dict[str, int]) -> tuple[str, ...]:
+        out = []
+        for b in self.blocks:
+            out.extend([b.symbol] * (sum(c * counts[v] for v, c in b.terms()) if b.var else b.coef))
+        return tuple(out)
+
     def _length_of(self, counts) -> int:
+        if self._linear:
+            return sum(sum(c * counts[v] for v, c in b.terms()) if b.var else b.coef
+                       for b in self.blocks)
         return sum(b.coef * (counts[b.var] if b.var else 1) for b in self.blocks)
 
     def _per_var_coef(self):
-        return {v: sum(b.coef for b in self.blocks if b.var == v) for v in self.vars}
+        """Per variable, how many symbols one more unit of it adds to the string."""
+        return {v: sum(c for b in self.blocks for u, c in b.terms() if u == v) for v in self.vars}
 
     def _fixed_length(self) -> int:
         return sum(b.coef for b in self.blocks if b.var is None)
@@ -329,13 +434,23 @@ class CounterLanguage(Language):
         return [self._string(cands[i][0]) for i in idx]
 
     def entropy(self) -> float:
-        return sum(p.entropy() for p in self.priors.values())  # strings <-> counts is a bijection
+        """H(strings) = H(counts) - H(counts | string); the second term is 0 when every block
+        has one variable (a bijection). Where it cannot be enumerated (``entropy_is_exact`` is
+        False), this is H(counts), an upper bound."""
+        h = sum(p.entropy() for p in self.priors.values())
+        if not self._linear or not self.entropy_is_exact:
+            return h
+        if self._h_cond is None:
+            self._h_cond = linear.conditional_entropy(self)
+        return h - self._h_cond
 
     def expected_length(self) -> float:
         coef = self._per_var_coef()
         return self._fixed_length() + sum(coef[v] * self.priors[v].mean() for v in self.vars)
 
     def length_stats(self, max_length: int) -> LengthStats:
+        if self._linear:
+            return linear.length_stats(self, max_length)
         prob = np.zeros(max_length + 1)
         surprisal, eos = np.zeros(max_length + 1), np.zeros(max_length + 1)
         for counts, lp in self._assignments(max_length):
@@ -350,6 +465,9 @@ class CounterLanguage(Language):
 
     def matches_template(self, s) -> bool:
         """Is ``s`` of the template's shape for SOME counts (ignoring the priors' support)?"""
+        if self._linear:
+            state = linear.parse(self, self._s(s))
+            return state is not None and linear.feasible(self, state)
         state = self._parse(self._s(s))
         if state is None:
             return False

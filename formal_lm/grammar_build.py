@@ -5,11 +5,13 @@ Every problem is gathered with its file:line:column before one ``GrammarError`` 
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import os
 import re
 from pathlib import Path
 
-from formal_lm.errors import FormalLMError, GrammarError, Location, Problem
+from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
 from formal_lm.language import Language
 from formal_lm.priors import PRIOR_KINDS
 from formal_lm.rules import RULE_KINDS
@@ -22,7 +24,7 @@ KEYS = {
     "dyck": COMMON | {"pairs", "nested", "prior"},
     "pfsa": COMMON | {"alphabet", "start", "arcs"},
     "dfa": COMMON | {"alphabet", "start", "accepting", "stop_prob", "transitions"},
-    "pcfg": COMMON | {"start"},
+    "pcfg": COMMON | {"start", "productions"},
 }
 
 
@@ -75,43 +77,110 @@ def _expect(problems, src, value, typ, *keys, what):
     return True
 
 
-def _rules(doc, src, problems):
-    out = []
+def _rules(doc, src, problems) -> tuple:
     tables = doc.get("rules", {})
+    if isinstance(tables, str) and doc.get("kind") == "pcfg":
+        problems.append(Problem(
+            "rules is a string: a pcfg's productions now go under the key 'productions' "
+            "('rules' holds named [rules.NAME] tables, as for every kind)",
+            'rename the key: productions = """S -> ...""" (the text stays as it is)',
+            src.locate("rules")))
+        return ()
     if not isinstance(tables, dict):
-        return []
-    for name, spec in tables.items():
-        loc = src.locate("rules", name)
-        if not isinstance(spec, dict) or "kind" not in spec:
-            problems.append(Problem(f"rule {name} needs a table with a kind",
-                                    f"write [rules.{name}] with kind = one of {sorted(RULE_KINDS)}",
-                                    loc))
-            continue
-        kind = spec["kind"]
-        if kind not in RULE_KINDS:
-            problems.append(Problem(f"rule {name}: kind={kind!r} is unknown",
-                                    f"use one of {sorted(RULE_KINDS)}", src.locate("rules", name, "kind")))
-            continue
-        cls = RULE_KINDS[kind]
-        fields = {f for f in cls.__dataclass_fields__} - {"name", "description"}
-        args = {k: v for k, v in spec.items() if k not in ("kind", "description")}
-        unknown = set(args) - fields
-        for k in sorted(unknown):
-            problems.append(Problem(f"rule {name}: key {k!r} is not used by kind={kind!r}",
-                                    f"its keys are {sorted(fields)}", src.locate("rules", name, k)))
-        if unknown:
-            continue
-        args = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                    if isinstance(v, list) else v) for k, v in args.items()}
-        try:
-            rule = cls(name=name, description=spec.get("description", kind), **args)
-            if kind == "pattern":
-                re.compile(rule.pattern)
-        except (TypeError, re.error) as e:
-            problems.append(Problem(f"rule {name}: {e}", "check the rule's keys", loc))
-            continue
-        out.append(rule)
-    return tuple(out)
+        problems.append(Problem(f"rules={tables!r} should be tables [rules.NAME]",
+                                f"write [rules.R1] with kind = one of {sorted(RULE_KINDS)}",
+                                src.locate("rules")))
+        return ()
+    rules = (_rule(name, spec, src, problems) for name, spec in tables.items())
+    return tuple(r for r in rules if r is not None)
+
+
+def _rule(name, spec, src, problems):
+    """One [rules.NAME] table as a Rule, or None (with its problems added)."""
+    loc = src.locate("rules", name)
+    if not isinstance(spec, dict) or "kind" not in spec:
+        problems.append(Problem(f"rule {name} needs a table with a kind",
+                                f"write [rules.{name}] with kind = one of {sorted(RULE_KINDS)}",
+                                loc))
+        return None
+    kind = spec["kind"]
+    if kind not in RULE_KINDS:
+        problems.append(Problem(f"rule {name}: kind={kind!r} is unknown",
+                                f"use one of {sorted(RULE_KINDS)}", src.locate("rules", name, "kind")))
+        return None
+    cls = RULE_KINDS[kind]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("file", True)}
+    fields -= {"name", "description"}
+    args = {k: v for k, v in spec.items() if k not in ("kind", "description")}
+    unknown = set(args) - fields
+    for k in sorted(unknown):
+        problems.append(Problem(f"rule {name}: key {k!r} is not used by kind={kind!r}",
+                                f"its keys are {sorted(fields)}", src.locate("rules", name, k)))
+    if unknown:
+        return None
+    args = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                if isinstance(v, list) else v) for k, v in args.items()}
+    where = src.locate("rules", name, *args) if len(args) == 1 else loc
+    if kind == "in_grammar" and isinstance(args.get("grammar"), str):
+        args["language"] = _referenced(name, args["grammar"], src, where, problems)
+        if args["language"] is None:
+            return None
+    try:
+        rule = cls(name=name, description=spec.get("description", kind), **args)
+        if kind == "pattern":
+            re.compile(rule.pattern)
+    except FormalLMError as e:
+        problems.extend(Problem(p.message, p.fix, where) for p in e.problems)
+        return None
+    except (TypeError, re.error) as e:
+        problems.append(Problem(f"rule {name}: {e}", "check the rule's keys", loc))
+        return None
+    return rule
+
+
+# ----- grammars that refer to grammars (in_grammar rules) -------------------------------------
+class _Cycle(GrammarError):
+    """A grammar file reached again while it is being built: ``chain`` lists the files."""
+
+    def __init__(self, chain: tuple[tuple[str, str], ...]):
+        self.chain = chain
+        super().__init__(Problem("grammar files refer to each other in a cycle: "
+                                 + " -> ".join(shown for _, shown in chain)))
+
+
+_LOADING: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "formal_lm_grammars_being_built", default=())
+
+
+def _identity(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _referenced(rule, target, src, loc, problems) -> Language | None:
+    """The grammar an in_grammar rule names: a name (shipped or on the search path) or a path,
+    relative to this grammar's file. None, with a problem, when it cannot be loaded."""
+    import formal_lm  # the package's load() (loaded by now), which builds grammar files here
+
+    is_path = target.endswith(".toml") or "/" in target or os.sep in target
+    where = str(Path(src.path).parent / target) if is_path else target
+    try:
+        return formal_lm.load(where)
+    except _Cycle as e:
+        if e.chain[0][0] != _identity(src.path):
+            raise  # the cycle started further up: reported where it closes
+        problems.append(Problem(f"rule {rule}: grammar={target!r} refers back to this grammar "
+                                f"({' -> '.join(shown for _, shown in e.chain)})",
+                                "a grammar cannot be defined through itself: name another "
+                                "grammar", loc))
+    except FormalLMError as e:
+        first = e.problems[0]
+        at = f"{first.location}: " if first.location else ""
+        more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
+        problems.append(Problem(f"rule {rule}: grammar={target!r} cannot be loaded: "
+                                f"{at}{first.message}{more}",
+                                "give a shipped grammar's name or a .toml path relative to this "
+                                "file", loc))
+    return None
 
 
 def _prior(spec, src, keys, problems):
@@ -140,12 +209,19 @@ def _prior(spec, src, keys, problems):
 
 
 def _count(expr, src, i, problems):
-    m = re.fullmatch(r"\s*(\d*)\s*([A-Za-z_]\w*)?\s*", str(expr))
-    if not m or (not m.group(1) and not m.group(2)):
+    """A block's count: a fixed length ('3') or a sum of multiples of variables ('n', '2n',
+    'n+2m'), as (coef, var, ((coef, var), ...)) for ``Block``."""
+    text = str(expr)
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return int(text), None, ()
+    terms = [re.fullmatch(r"\s*(\d*)\s*\*?\s*([A-Za-z_]\w*)\s*", part) for part in text.split("+")]
+    if not all(terms):
         problems.append(Problem(f"blocks[{i}] count={expr!r} is not a count",
-                                "write '1', '3', 'n' or '2n'", src.locate("blocks")))
+                                "write a fixed length ('1', '3') or a sum of multiples of "
+                                "variables ('n', '2n', 'n+2m')", src.locate("blocks")))
         return None
-    return int(m.group(1) or 1), m.group(2)
+    (c0, v0), *rest = [(int(m.group(1) or 1), m.group(2)) for m in terms]
+    return c0, v0, tuple(rest)
 
 
 def _lines(src, key, text, problems, pattern, what):
@@ -210,7 +286,7 @@ class _Grammar:
 NEEDS = {"counter": ["alphabet", "blocks", "prior"], "dyck": ["pairs", "prior"],
          "pfsa": ["alphabet", "start", "arcs"],
          "dfa": ["alphabet", "start", "accepting", "stop_prob", "transitions"],
-         "pcfg": ["rules"]}
+         "pcfg": ["productions"]}
 
 
 def _common(doc: dict, src: Source) -> _Grammar:
@@ -227,7 +303,8 @@ def _common(doc: dict, src: Source) -> _Grammar:
     description = doc.get("description", "")
     rules = _rules(doc, src, problems)
     missing = [k for k in NEEDS[kind] if k not in doc]
-    for k in missing:
+    old_pcfg = kind == "pcfg" and isinstance(doc.get("rules"), str)  # reported by _rules
+    for k in ([] if old_pcfg else missing):
         problems.append(Problem(f"kind={kind!r} needs the key {k!r}", f"add {k} = ...",
                                 Location(src.path, 1, 1)))
     if "alphabet" in doc:
@@ -253,7 +330,7 @@ def _build_counter(g: _Grammar) -> Language:
                 continue
             c = _count(b[1], src, i, problems)
             if c:
-                blocks.append(Block(b[0], c[0], c[1]))
+                blocks.append(Block(b[0], *c))
     priors = {}
     if _expect(problems, src, doc["prior"], dict, "prior", what="tables [prior.VAR]"):
         for v, spec in doc["prior"].items():
@@ -262,6 +339,8 @@ def _build_counter(g: _Grammar) -> Language:
                 priors[v] = p
     if len(problems) > before:
         raise GrammarError(problems)
+    if isinstance(doc["alphabet"], list):
+        problems += _rule_problems(g, doc["alphabet"])  # at the rules' lines
     return g.construct(CounterLanguage, g.name, blocks, priors, rules=g.rules,
                        alphabet=tuple(doc["alphabet"]), description=g.description, _key="blocks")
 
@@ -331,11 +410,18 @@ def _build_pcfg(g: _Grammar) -> Language:
     from formal_lm.pcfg import PCFG
 
     src = g.src
-    # the PCFG's rules string shares the key "rules" with named rules; here it is a string
-    lang = g.construct(PCFG.from_nltk, g.doc["rules"], name=g.name, start=g.doc.get("start"),
-                       path=src.path, line_offset=src.string_start("rules"), _key="rules")
+    lang = g.construct(PCFG.from_nltk, g.doc["productions"], name=g.name,
+                       start=g.doc.get("start"), path=src.path,
+                       line_offset=src.string_start("productions"), _key="productions")
     lang.description = g.description
+    lang.rules = g.rules
     return lang
+
+
+def _rule_problems(g: _Grammar, alphabet) -> list[Problem]:
+    """The rules' problems in a language over ``alphabet``, at the rules' lines."""
+    return [Problem(p.message, p.fix, p.location or g.src.locate("rules", r.name))
+            for r in g.rules for p in r.problems(tuple(alphabet))]
 
 
 BUILDERS = {"counter": _build_counter, "dyck": _build_dyck, "pfsa": _build_pfsa,
@@ -343,5 +429,22 @@ BUILDERS = {"counter": _build_counter, "dyck": _build_dyck, "pfsa": _build_pfsa,
 
 
 def build(doc: dict, src: Source) -> Language:
-    g = _common(doc, src)
-    return BUILDERS[g.kind](g)
+    """The Language of a grammar file's contents (``src`` locates its problems).
+
+    Raises:
+        GrammarError: every problem found; a grammar that refers to itself (in_grammar
+            rules, directly or through other files) is one of them.
+    """
+    chain = _LOADING.get()
+    here = (_identity(src.path), src.path)
+    if here[0] in [k for k, _ in chain]:
+        raise _Cycle(chain[[k for k, _ in chain].index(here[0]):] + (here,))
+    token = _LOADING.set(chain + (here,))
+    try:
+        g = _common(doc, src)
+        lang = BUILDERS[g.kind](g)
+    finally:
+        _LOADING.reset(token)
+    if g.kind != "counter":  # the counter constructor checked its rules already
+        raise_if(_rule_problems(g, lang.alphabet))
+    return lang

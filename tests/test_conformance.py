@@ -82,6 +82,59 @@ def test_counter_languages_with_unbounded_geometric_priors(n_blocks, seed):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.counter_languages(linear=True, max_blocks=4, max_count=3))
+def test_random_linear_counter_languages_conform(lang):
+    """Blocks that sum variables (c^(n+m)): a string may come from several assignments."""
+    check_language(lang, 7, n_samples=500)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 10_000))
+def test_linear_counter_languages_with_unbounded_geometric_priors(seed):
+    rng = np.random.default_rng(seed)
+    blocks = [fl.Block("a", 1, "n", ((int(rng.integers(1, 3)), "m"),))]
+    if rng.integers(2):
+        blocks.append(fl.Block("b", int(rng.integers(1, 3)), "m"))
+    priors = {"n": fl.Geometric(float(rng.choice([0.5, 0.7])), int(rng.integers(0, 2))),
+              "m": fl.Geometric(float(rng.choice([0.5, 0.7])), int(rng.integers(0, 2)))}
+    check_language(fl.CounterLanguage("geo", blocks, priors), 9, n_samples=500)
+
+
+def test_a_string_from_several_assignments_sums_them():
+    """c^(n+m) with n, m ~ Uniform{1..3}: P(c^k) counts the pairs with n + m = k, and the string
+    entropy is below the prior's (the assignment is not identifiable)."""
+    lang = fl.CounterLanguage("c", [fl.Block("c", 1, "n", ((1, "m"),))],
+                              {"n": fl.Uniform(1, 3), "m": fl.Uniform(1, 3)})
+    pairs = {k: sum(1 for n in range(1, 4) for m in range(1, 4) if n + m == k) for k in range(2, 7)}
+    for k, count in pairs.items():
+        assert lang.prob("c" * k) == pytest.approx(count / 9)
+    exact = -sum(c / 9 * math.log(c / 9) for c in pairs.values())
+    assert lang.entropy_is_exact and lang.entropy() == pytest.approx(exact, abs=1e-12)
+    assert lang.entropy() < 2 * math.log(3)
+    assert lang.next_token_dist("cc")[fl.EOS] == pytest.approx(1 / 9)
+    # unbounded: n, m ~ Geometric(p, min 0), so n + m is negative binomial: (k + 1) p^2 q^k
+    p, q = 0.5, 0.5
+    geo = fl.CounterLanguage("g", [fl.Block("c", 1, "n", ((1, "m"),))],
+                             {"n": fl.Geometric(p), "m": fl.Geometric(p)})
+    pk = [(k + 1) * p * p * q ** k for k in range(400)]
+    assert geo.prob("ccc") == pytest.approx(pk[3], rel=1e-12)
+    assert geo.entropy() == pytest.approx(-sum(x * math.log(x) for x in pk if x > 0), abs=1e-10)
+
+
+def test_anbmcnm_and_anbmcndm_are_exact():
+    lang = fl.load("anbmcnm")
+    assert lang.prob("abcc") == pytest.approx(1 / 36) and lang.prob("abc") == 0.0
+    dist = lang.next_token_dist("aab")  # m = 1 (then c) or m > 1 (another b)
+    assert dist["c"] == pytest.approx(1 / 6) and dist["b"] == pytest.approx(5 / 6)
+    assert lang.next_token_dist("aabcc")["c"] == 1.0
+    assert lang.entropy() == pytest.approx(2 * math.log(6))
+    assert lang.expected_length() == pytest.approx(14.0)
+    lang = fl.load("anbmcndm")
+    assert lang.prob("aabccd") == pytest.approx(1 / 36) and lang.prob("aabccdd") == 0.0
+    assert [r.name for r in lang.rules] == ["R1", "R2", "R3"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ft.pfsas(deterministic=True, min_halt=0.3))
 def test_random_pdfas_conform(lang):
     check_language(lang, 8, n_samples=800)

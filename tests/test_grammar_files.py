@@ -177,7 +177,7 @@ def test_pcfg_file_errors_point_into_the_rules_string():
     problems, msg = problems_of('''
         name = "g"
         kind = "pcfg"
-        rules = """
+        productions = """
         S -> 'a' S 'b' [0.7] | [0.2]
         T -> 'c' [1.0]
         """
@@ -190,7 +190,7 @@ def test_non_tight_pcfg_is_an_error_that_says_so():
     _, msg = problems_of('''
         name = "g"
         kind = "pcfg"
-        rules = """
+        productions = """
         S -> S S [0.6] | 'a' [0.4]
         """
     ''')
@@ -287,3 +287,157 @@ def test_a_too_large_file_is_refused_before_reading(tmp_path):
         f.truncate(MAX_FILE_BYTES)  # at the limit: read, and reported as malformed TOML
     with pytest.raises(fl.GrammarError, match="malformed TOML"):
         fl.load(big)
+
+
+# ----- PCFG productions and named rules; the open rule vocabulary; linear counts ------------------
+PCFG = '''
+    name = "g"
+    kind = "pcfg"
+    productions = """
+    S -> '(' S ')' S [0.4] | [0.6]
+    """
+'''
+
+
+def test_an_old_pcfg_rules_string_says_to_rename_the_key():
+    problems, msg = problems_of(PCFG.replace("productions =", "rules ="))
+    assert len(problems) == 1
+    assert "g.toml:4:1:" in msg and "productions" in msg and "rename the key" in msg
+
+
+def test_a_pcfg_file_declares_named_rules():
+    lang = fl.loads(textwrap.dedent(PCFG + '''
+        [rules.R1]
+        kind = "balanced"
+        open = "("
+        close = ")"
+        description = "balanced"
+
+        [rules.R2]
+        kind = "linear"
+        expr = "#'(' = #')'"
+    '''))
+    assert [r.name for r in lang.rules] == ["R1", "R2"]
+    assert all(r.holds(s) for s in lang.sample(50, seed=0) for r in lang.rules)
+    assert not lang.rules[0].can_complete((")",))
+
+
+def test_shipped_pcfgs_use_productions_and_declare_rules():
+    for name in ("dyck1-pcfg", "arith", "toy-english"):
+        text = (ROOT / "grammars" / f"{name}.toml").read_text()
+        assert 'productions = """' in text and 'rules = """' not in text
+    assert [r.name for r in fl.load("dyck1-pcfg").rules] == ["R1"]
+
+
+def test_rule_symbols_outside_the_alphabet_are_reported_at_the_rule():
+    _, msg = problems_of(PCFG + '''
+    [rules.R1]
+    kind = "forbidden"
+    substring = ["(", "x"]
+    ''')
+    assert "g.toml:8:" in msg and "rule R1 names symbol='x' outside the alphabet" in msg
+    _, msg = problems_of(COUNTER + '''
+    [rules.R1]
+    kind = "linear"
+    expr = "#a = #z"
+    ''')
+    assert "g.toml:12:" in msg and "symbol='z'" in msg
+
+
+def test_a_bad_linear_expression_names_the_expression_and_the_column():
+    _, msg = problems_of(COUNTER + '''
+    [rules.R1]
+    kind = "linear"
+    expr = "#a + = #b"
+    ''')
+    assert "g.toml:14:" in msg and "'#a + = #b': column 6:" in msg and "fix:" in msg
+
+
+def test_counts_may_sum_variables():
+    lang = fl.loads(textwrap.dedent('''
+        kind = "counter"
+        alphabet = ["a", "b", "c"]
+        blocks = [["a", "n"], ["b", "m"], ["c", "n + 2m"]]
+        [prior.n]
+        kind = "uniform"
+        min = 1
+        max = 2
+        [prior.m]
+        kind = "uniform"
+        min = 1
+        max = 2
+    '''))
+    assert lang.prob("abccc") == pytest.approx(0.25)
+    _, msg = problems_of(COUNTER.replace('["b", "n"]', '["b", "n+n"]'))
+    assert "names a variable twice" in msg
+    _, msg = problems_of(COUNTER.replace('["b", "n"]', '["b", "n+m"]'))
+    assert "count variable 'm' with no prior" in msg
+
+
+def test_blocks_that_can_be_empty_together_between_equal_symbols_are_ambiguous():
+    _, msg = problems_of('''
+        kind = "counter"
+        alphabet = ["a", "b", "c"]
+        blocks = [["a", "n"], ["b", "m"], ["c", "m"], ["a", "n"]]
+        [prior.n]
+        kind = "uniform"
+        min = 1
+        max = 2
+        [prior.m]
+        kind = "uniform"
+        min = 0
+        max = 2
+    ''')
+    assert "blocks 1..2 can be empty between two 'a' blocks" in msg and "min >= 1" in msg
+
+
+def _write(folder, name, text):
+    (folder / name).write_text(textwrap.dedent(text))
+    return folder / name
+
+
+IN_GRAMMAR = '''
+    kind = "counter"
+    alphabet = ["a", "b"]
+    blocks = [["a", "n"], ["b", "n"]]
+    [prior.n]
+    kind = "uniform"
+    min = 1
+    max = 3
+    [rules.R1]
+    kind = "in_grammar"
+    grammar = "{}"
+'''
+
+
+def test_in_grammar_names_a_shipped_grammar_or_a_path_relative_to_the_file(tmp_path):
+    lang = fl.loads(textwrap.dedent(IN_GRAMMAR.format("anbn")))
+    assert lang.rules[0].holds(("a", "b")) and not lang.rules[0].can_complete(("b",))
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _write(sub, "inner.toml", MINE)
+    outer = _write(tmp_path, "outer.toml", IN_GRAMMAR.format("sub/inner.toml"))
+    assert fl.load(outer).rules[0].language.name == "mine"
+    _write(tmp_path, "bad.toml", IN_GRAMMAR.format("dyck1"))
+    with pytest.raises(fl.GrammarError, match="outside this alphabet"):
+        fl.load(tmp_path / "bad.toml")
+    _write(tmp_path, "gone.toml", IN_GRAMMAR.format("nope.toml"))
+    with pytest.raises(fl.GrammarError, match="grammar='nope.toml' cannot be loaded"):
+        fl.load(tmp_path / "gone.toml")
+
+
+def test_a_grammar_that_refers_to_itself_is_an_error_not_a_recursion(tmp_path):
+    _write(tmp_path, "self.toml", IN_GRAMMAR.format("self.toml"))
+    with pytest.raises(fl.GrammarError) as info:
+        fl.load(tmp_path / "self.toml")
+    assert "refers back to this grammar" in str(info.value)
+    assert f"{tmp_path / 'self.toml'}:11:" in str(info.value)
+    _write(tmp_path, "a.toml", IN_GRAMMAR.format("b.toml"))
+    _write(tmp_path, "b.toml", IN_GRAMMAR.format("c.toml"))
+    _write(tmp_path, "c.toml", IN_GRAMMAR.format("a.toml"))
+    with pytest.raises(fl.GrammarError) as info:
+        fl.load(tmp_path / "a.toml")
+    text = str(info.value)
+    assert "refers back to this grammar" in text and text.count("->") == 3
+    assert f"{tmp_path / 'a.toml'}:11:" in text
+    fl.load("anbn")  # nothing is left marked as being loaded

@@ -485,7 +485,7 @@ def test_constructor_problems():
 def test_shipped_grammars(name, ambiguous):
     doc = tomllib.loads((GRAMMARS / f"{name}.toml").read_text())
     assert doc["kind"] == "pcfg" and doc["name"] == name
-    g = PCFG.from_nltk(doc["rules"], name=name, start=doc.get("start"))
+    g = PCFG.from_nltk(doc["productions"], name=name, start=doc.get("start"))
     assert close(g.partition_function()[g.start], 1.0, rel=1e-9)
     st_ = g._stats_to_tail()
     assert st_.tail < 1e-12 and g.expected_length() < 10
@@ -505,7 +505,7 @@ def test_shipped_grammars(name, ambiguous):
 
 def test_toy_english_pp_attachment():
     doc = tomllib.loads((GRAMMARS / "toy-english.toml").read_text())
-    g = PCFG.from_nltk(doc["rules"])
+    g = PCFG.from_nltk(doc["productions"])
     s = ("she", "saw", "the", "dog", "with", "the", "telescope")
     # two parses: [saw [the dog with the telescope]] and [[saw the dog] with the telescope]
     vp_pp = 0.25 * 0.75 * 0.6 * 0.55 * 0.7 * 0.4 * 1.0 * 0.7 * 0.55 * 0.7 * 0.25

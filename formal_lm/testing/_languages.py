@@ -97,15 +97,21 @@ def pfsas(*, alphabet: Sequence[str] = ("a", "b"), min_states: int = 1, max_stat
 
 
 def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: int = 3,
-                      max_count: int = 4) -> st.SearchStrategy:
+                      max_count: int = 4, linear: bool = False) -> st.SearchStrategy:
     """Random :class:`formal_lm.CounterLanguage` templates: 1..max_blocks blocks with
     coefficients 1..3 over one or two count variables (or fixed lengths), each variable with a
     uniform prior on a sub-range of 0..max_count or a truncated geometric prior.
+
+    ``linear=True`` draws templates over the two variables n and m in which at least one block
+    counts a sum ``a*n + b*m`` (a, b in 1..2), such as a^n b^m c^(n+m); a string may then come
+    from several assignments. The default (``linear=False``) draws are unchanged by this option.
 
     Example:
         >>> from hypothesis import find
         >>> find(counter_languages(), lambda lang: len(lang.blocks) >= 2).blocks
         (Block(symbol='a', coef=1, var='n'), Block(symbol='b', coef=1, var='n'))
+        >>> find(counter_languages(linear=True), lambda lang: True).blocks
+        (Block(symbol='a', coef=1, var='n', plus=((1, 'm'),)),)
     """
     def problems():
         found = _alphabet_problems(alphabet)
@@ -113,9 +119,13 @@ def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: 
         if not found and len(alphabet) < 2 and max_blocks > 1:
             found.append(Problem("counter_languages with max_blocks > 1 needs >= 2 symbols",
                                  "adjacent blocks must use different symbols"))
+        if not isinstance(linear, bool):
+            found.append(Problem(f"linear={linear!r} must be True or False"))
         return found
 
     def draw(draw):
+        if linear:
+            return _linear_counter(draw, tuple(alphabet), max_blocks, max_count)
         from formal_lm.counter import Block, CounterLanguage
         from formal_lm.priors import Geometric, Uniform
         syms = tuple(alphabet)
@@ -131,9 +141,11 @@ def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: 
             sym, coef, _ = blocks[0]
             blocks[0] = (sym, coef, "n")
             used = ["n"]
-        # a variable block between two equal symbols must not be empty (ambiguous otherwise)
-        needs_one = {blocks[i][2] for i in range(1, k - 1)
-                     if blocks[i][2] is not None and blocks[i - 1][0] == blocks[i + 1][0]}
+        # variable blocks between two equal symbols must not all be empty (ambiguous
+        # otherwise): the first of them gets a variable with min >= 1
+        needs_one = {blocks[i + 1][2] for i in range(k) for j in range(i + 2, k)
+                     if blocks[i][0] == blocks[j][0]
+                     and all(b[2] is not None for b in blocks[i + 1:j])}
         priors = {}
         for v in dict.fromkeys(used):
             least = 1 if v in needs_one else 0
@@ -149,6 +161,38 @@ def counter_languages(*, alphabet: Sequence[str] = ("a", "b", "c"), max_blocks: 
     return _checked(problems, draw)
 
 
+def _prior(draw, lo: int, max_count: int):
+    from formal_lm.priors import Geometric, Uniform
+    if draw(st.booleans()):
+        return Geometric(draw(st.sampled_from([0.5, 0.3, 0.7])), lo,
+                         draw(st.integers(lo, max_count + 2)))
+    return Uniform(lo, draw(st.integers(lo, max_count)))
+
+
+def _linear_counter(draw, syms, max_blocks, max_count):
+    """A template over n and m with at least one block counting a*n + b*m."""
+    from formal_lm.counter import Block, CounterLanguage
+    k = draw(st.integers(1, max_blocks))
+    blocks = []
+    for _ in range(k):
+        sym = draw(st.sampled_from([s for s in syms if not blocks or s != blocks[-1].symbol]))
+        form = draw(st.sampled_from(["n+m", "n", "m", None]))
+        if form == "n+m":
+            n, m = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+            blocks.append(Block(sym, n, "n", ((m, "m"),)))
+        else:
+            blocks.append(Block(sym, draw(st.integers(1, 3)), form))
+    if not any(b.plus for b in blocks):
+        blocks[0] = Block(blocks[0].symbol, 1, "n", ((1, "m"),))
+    # of blocks that could all be empty between two blocks of one symbol, the first must not be
+    needs_one = {blocks[i + 1].var for i in range(k) for j in range(i + 2, k)
+                 if blocks[i].symbol == blocks[j].symbol
+                 and all(b.var is not None for b in blocks[i + 1:j])}
+    priors = {v: _prior(draw, draw(st.integers(1 if v in needs_one else 0, max_count)), max_count)
+              for v in ("n", "m")}
+    return CounterLanguage("hypothesis-linear-counter", blocks, priors)
+
+
 def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
           max_rules: int = 3) -> st.SearchStrategy:
     """Random tight :class:`formal_lm.pcfg.PCFG` grammars with start symbol ``S``.
@@ -159,7 +203,7 @@ def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
     mentions nonterminal i + 1, so every nonterminal is reachable from ``S``.
 
     Raises (when drawn from):
-        InvalidStrategyArgument: bad arguments, or ``formal_lm.pcfg`` is not available.
+        InvalidStrategyArgument: bad arguments.
     """
     def problems():
         found = _alphabet_problems(terminals)
@@ -167,11 +211,6 @@ def pcfgs(*, terminals: Sequence[str] = ("a", "b"), max_nonterminals: int = 3,
         if not found and max_nonterminals > 1 and max_rules < 2:
             found.append(Problem("max_nonterminals > 1 needs max_rules >= 2",
                                  "every nonterminal but the last needs a rule to reach the next"))
-        try:  # is the PCFG family there? (draw imports it for use)
-            from formal_lm.pcfg import PCFG  # noqa: F401
-        except ImportError as e:
-            found.append(Problem(f"formal_lm.pcfg is not available ({e})",
-                                 "pcfgs() needs the PCFG family"))
         return found
 
     def draw(draw):

@@ -167,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
                          ("experiment", "an experiment file (TOML)"),
                          "output directory (report.md, results)",
                          {"--full": "the paper-sized variant (for a GPU)",
-                          "--restart": "ignore finished work in --out"})
+                          "--restart": "train every run again from scratch, replacing what is in --out"})
     return p
 
 

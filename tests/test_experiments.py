@@ -157,6 +157,18 @@ def test_resume_does_not_retrain(tiny_run):
     assert again["timing"]["training"] < res["timing"]["training"]
 
 
+def test_restart_trains_again_from_scratch(tiny_run, tmp_path, capsys):
+    import shutil
+    path, out, res, _ = tiny_run
+    shutil.copytree(out, tmp_path / "out")
+    stamp = (tmp_path / "out" / "runs" / "anbn-short.tf.normal" / "run.json").stat().st_mtime_ns
+    again = run_experiment(path, tmp_path / "out", progress=False, resume=False)
+    assert "training it again from scratch" in capsys.readouterr().out
+    assert (tmp_path / "out" / "runs" / "anbn-short.tf.normal" / "run.json").stat().st_mtime_ns \
+        != stamp
+    assert again["records"] == res["records"]  # the same seeds: the same results
+
+
 GRAMMAR = """
 name = "anbn-file"
 kind = "counter"

@@ -22,7 +22,7 @@ def run_experiment(path, out_dir, *, full: bool = False, resume: bool = True,
         full: apply the file's ``[full]`` table (paper sizes; meant for a GPU).
         resume: continue finished or partial runs found under ``out_dir/runs`` (a finished run
             is not retrained; a run whose config or data changed is retrained). With
-            ``resume=False`` an existing run is an error.
+            ``resume=False`` every run is trained again from scratch, replacing what is there.
         progress: print progress and show training bars.
 
     Returns:

@@ -17,7 +17,11 @@ def train_or_retrain(go: Callable[[bool], TrainResult], run_dir: Path, *,
                      resume: bool) -> TrainResult:
     """``go(resume)`` trains into ``run_dir``. A run there that another config, language or start
     produced is deleted and retrained from scratch, with a message: results are never reused
-    under a definition that has changed."""
+    under a definition that has changed. ``resume=False`` (``formal-lm run --restart``) replaces
+    whatever is there."""
+    if not resume and run_dir.exists():
+        log(True, f"{run_dir.name}: --restart: training it again from scratch")
+        shutil.rmtree(run_dir)
     try:
         return go(resume)
     except RunChanged as e:

@@ -1,10 +1,14 @@
 """The ``formal-lm`` command: grammars, inspect, sample, train, run.
 
-Bad input ends with a message on stderr and exit status 2, never a traceback.
+Bad input ends with a message on stderr and exit status 2, never a traceback. Anything else
+that goes wrong is a bug: a short message with how to report it, exit status 1 (``--debug``
+shows the traceback). Output cut short by the reader (``formal-lm inspect anbn | head``) ends
+quietly.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -83,9 +87,6 @@ def use_cpu_devices(n: int | None) -> None:
     """
     if n is None:
         return
-    if n < 1:
-        raise FormalLMError(Problem(f"--cpu-devices {n}: must be at least 1",
-                                    "use the number of cores, or leave it out for one device"))
     import jax
     try:
         jax.config.update("jax_num_cpu_devices", n)
@@ -138,26 +139,46 @@ def _add_writing_command(sub, name: str, help: str, fn, source: tuple[str, str],
     c.add_argument("--out", required=True, help=out_help)
     for flag, flag_help in flags.items():
         c.add_argument(flag, action="store_true", help=flag_help)
-    c.add_argument("--cpu-devices", type=int, metavar="N", help=CPU_DEVICES_HELP)
+    c.add_argument("--cpu-devices", type=_count(1, 1024), metavar="N", help=CPU_DEVICES_HELP)
     c.set_defaults(fn=fn)
+
+
+def _count(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi], with a message naming the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is not in [{lo}, {hi}]")
+        return v
+    return parse
+
+
+MAX_SAMPLES = 1_000_000
+MAX_LENGTH = 100_000
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="formal-lm", description="Exact formal languages, models "
                                 "trained on them, and analyzers of how they generalize.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grammars", help="list the shipped grammars, one line each")
     g.set_defaults(fn=cmd_grammars)
     i = sub.add_parser("inspect", help="exact facts about a grammar: entropy, optimal loss, ...")
     i.add_argument("grammar", help=GRAMMAR_HELP)
-    i.add_argument("--max-length", type=int, default=12, help="lengths shown in the mass table")
-    i.add_argument("--samples", type=int, default=5, help="how many samples to show")
+    i.add_argument("--max-length", type=_count(0, MAX_LENGTH), default=12,
+                   help="lengths shown in the mass table")
+    i.add_argument("--samples", type=_count(0, 1000), default=5, help="how many samples to show")
     i.set_defaults(fn=cmd_inspect)
     s = sub.add_parser("sample", help="exact samples, one per line")
     s.add_argument("grammar", help=GRAMMAR_HELP)
-    s.add_argument("-n", type=int, default=10, help="number of samples")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
-    s.add_argument("--length", type=int, default=None, help="condition on this length")
+    s.add_argument("-n", type=_count(0, MAX_SAMPLES), default=10, help="number of samples")
+    s.add_argument("--seed", type=_count(0, 2 ** 63 - 1), default=0, help="random seed")
+    s.add_argument("--length", type=_count(0, MAX_LENGTH), default=None,
+                   help="condition on this length")
     s.set_defaults(fn=cmd_sample)
     _add_writing_command(sub, "train", "train the seeds a config declares", cmd_train,
                          ("config", "a training config (TOML)"), "run directory",
@@ -175,12 +196,23 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
+        sys.stdout.flush()
     except FormalLMError as e:
         print(f"formal-lm {args.command}: error:\n{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:  # a bug: say so briefly, never a wall of traceback by default
+        if args.debug:
+            raise
+        print(f"formal-lm {args.command}: internal error: {type(e).__name__}: {e}\n"
+              "This is a bug in formal_lm. Please report it with the command line that caused "
+              "it; rerun with --debug for the traceback.", file=sys.stderr)
+        return 1
     return 0
 
 

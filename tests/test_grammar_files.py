@@ -441,3 +441,37 @@ def test_a_grammar_that_refers_to_itself_is_an_error_not_a_recursion(tmp_path):
     assert "refers back to this grammar" in text and text.count("->") == 3
     assert f"{tmp_path / 'a.toml'}:11:" in text
     fl.load("anbn")  # nothing is left marked as being loaded
+
+
+def test_cli_bad_arguments_and_internal_errors(capsys, monkeypatch):
+    """Out-of-range arguments are usage errors (exit 2); an unexpected exception is reported as
+    a bug in one short message (exit 1) and only --debug shows its traceback."""
+    from formal_lm import cli
+    for argv in (["sample", "anbn", "-n", "-1"], ["sample", "anbn", "--seed", "-1"],
+                 ["inspect", "anbn", "--max-length", "100000000"],
+                 ["train", "x.toml", "--out", "o", "--cpu-devices", "0"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        assert "is not in [" in capsys.readouterr().err
+
+    def boom(args):
+        raise ZeroDivisionError("deliberate")
+
+    monkeypatch.setattr(cli, "cmd_grammars", boom)
+    assert cli.main(["grammars"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: deliberate" in err and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "grammars"])
+
+
+def test_cli_output_cut_short_by_the_reader_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+    cmd = (f"{sys.executable} -m formal_lm.cli inspect anbn --max-length 2000 | head -n 1")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.startswith("anbn (CounterLanguage)")
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr

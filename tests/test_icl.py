@@ -26,16 +26,13 @@ from formal_lm.seeding import SHARED, Stream, derive, rng
 from formal_lm.studies.icl import (
     ICLBatch,
     ICLData,
-    ICLScores,
     PDFAFamily,
-    baseline_scores,
     icl_batch,
     icl_training_pool,
     ngram_in_context,
     oracle_table,
-    score_logq,
-    score_predictor,
 )
+from formal_lm.studies.icl_scores import ICLScores, baseline_scores, reference, score_predictor
 from formal_lm.training import checkpoint as ckpt
 from formal_lm.training import fit, load_models
 from formal_lm.training.data import EpochOrder
@@ -237,49 +234,68 @@ def _oracle_predictor(batch: ICLBatch):
     return fn
 
 
-def test_scores_oracle_zero_kl_and_baselines_nonnegative():
+def _rows_predictor(batch, rows):
+    """A predictor that looks each row of ``batch`` up and returns ``rows`` [N, T-1, V]."""
+    T, V = batch.ids.shape[1], rows.shape[-1]
+    index = {batch.ids[j].tobytes(): j for j in range(len(batch.ids))}
+
+    def fn(ids):
+        ids = np.asarray(ids, np.int32)
+        out = np.zeros(ids.shape + (V,))
+        for b, row in enumerate(ids):
+            j = index.get(np.ascontiguousarray(row[:T]).tobytes())
+            if j is not None:
+                out[b, :T - 1] = np.log(np.maximum(rows[j], 1e-300))
+        return out
+    return fn
+
+
+def test_scores_references_and_baselines():
     b = icl_batch(FAM, 16, seed=2)
     V = FAM.vocab.size
-    sc = baseline_scores("heldout", b, V, position_bins=[0, 8, 16])
-    assert set(sc) == {"oracle", "unigram", "bigram", "trigram"}
-    assert sc["oracle"].kl == pytest.approx(0.0, abs=1e-12)
+    ref = reference("heldout", FAM, b)  # estimated rows (their exactness: test_icl_bayes.py)
+    sc = baseline_scores(ref, V, position_bins=[0, 8, 16])
+    assert set(sc) == {"bayes", "oracle", "unigram", "bigram", "trigram"}
+    assert sc["bayes"].kl_bayes == pytest.approx(0.0, abs=1e-9)
+    assert sc["oracle"].kl_oracle == pytest.approx(0.0, abs=1e-12)
     assert sc["oracle"].valid_mass == pytest.approx(1.0) and sc["oracle"].argmax_valid == 1.0
+    assert sc["bayes"].kl_oracle > 0  # no in-context learner reaches the oracle
     assert all(s.set_name == "heldout" and s.gap_closed is None for s in sc.values())
     for n in ("unigram", "bigram", "trigram"):
-        assert sc[n].kl > 0 and sc[n].ce > sc["oracle"].ce
+        assert sc[n].kl_bayes > 0 and sc[n].kl_oracle > 0 and sc[n].ce > sc["oracle"].ce
         assert len(sc[n].kl_by_string) == FAM.strings_per_sequence
         assert len(sc[n].kl_by_position) == 3
+    assert sc["bigram"].kl_bayes == pytest.approx(ref.bigram_kl, rel=1e-9)
     bins = [0]
-    bi = score_predictor(_bigram_predictor(V), "heldout", b, position_bins=bins,
-                         bigram_kl=sc["bigram"].kl)
-    assert bi.kl == pytest.approx(sc["bigram"].kl, rel=1e-9)
+    bi = score_predictor(_bigram_predictor(V), ref, position_bins=bins)
+    assert bi.kl_bayes == pytest.approx(ref.bigram_kl, rel=1e-9)
     assert bi.gap_closed == pytest.approx(0.0, abs=1e-9)
-    orc = score_predictor(_oracle_predictor(b), "heldout", b, position_bins=bins,
-                          bigram_kl=sc["bigram"].kl)
-    assert orc.kl == pytest.approx(0.0, abs=1e-9) and orc.gap_closed == pytest.approx(1.0)
+    best = score_predictor(_rows_predictor(b, ref.bayes.rows), ref, position_bins=bins)
+    assert best.kl_bayes == pytest.approx(0.0, abs=1e-9) and best.gap_closed == pytest.approx(1.0)
+    assert best.ce == pytest.approx(sc["bayes"].ce, abs=1e-9)
+    orc = score_predictor(_oracle_predictor(b), ref, position_bins=bins)
+    assert orc.kl_oracle == pytest.approx(0.0, abs=1e-9)
     assert orc.ce == pytest.approx(sc["oracle"].ce, abs=1e-9)
-    with np.errstate(divide="ignore"):
-        direct = score_logq("heldout", b, np.log(b.oracle), position_bins=bins,
-                            bigram_kl=sc["bigram"].kl)
-    assert direct.gap_closed == pytest.approx(1.0)
 
 
 def test_scores_measures_name_scope_and_values():
     b = icl_batch(FAM, 8, seed=4)
     for set_name, scope in (("heldout", M.IN_DISTRIBUTION), ("larger", M.OUT_OF_DISTRIBUTION)):
-        s = baseline_scores(set_name, b, FAM.vocab.size, position_bins=[0, 8])["unigram"]
+        ref = reference(set_name, FAM, b)
+        s = baseline_scores(ref, FAM.vocab.size, position_bins=[0, 8])["unigram"]
         ms = {m.name: m for m in s.measures()}
-        assert set(ms) == {"ce", "kl", "gap_closed", "valid_mass", "argmax_valid",
-                           "kl_first_string", "kl_last_string"}
+        assert set(ms) == {"ce", "kl_bayes", "gap_closed", "kl_oracle", "valid_mass",
+                           "argmax_valid", "kl_first_string", "kl_last_string"}
         assert {m.scope for m in ms.values()} == {scope}
-        assert ms["kl"].tested and ms["kl"].value == s.kl and ms["ce"].value == s.ce
+        assert ms["kl_bayes"].tested == (set_name == "larger")  # OOD behaviour is what differs
+        assert ms["kl_bayes"].value == s.kl_bayes and ms["ce"].value == s.ce
         assert ms["kl_first_string"].value == s.kl_by_string[0]
         assert ms["kl_last_string"].value == s.kl_by_string[-1]
         assert ms["gap_closed"].value is None  # a baseline is not compared to itself
 
 
 def test_report_interval_of_a_negative_gap_contains_its_mean():
-    scores = [ICLScores("heldout", 1.0, 0.5, 0.9, 0.9, (0.5,), (0.5,), gap_closed=g)
+    scores = [ICLScores("heldout", 1.0, 0.5, 0.0, 0.9, g, 0.9, 0.9, (0.5,), (0.5,))
               for g in (-0.41, -0.40)]
     m = {m.name: m for m in scores[0].measures()}["gap_closed"]
     text = R.fmt_summary([s.gap_closed for s in scores], m.percent)
@@ -484,25 +500,28 @@ def test_tiny_icl_experiment_end_to_end(icl_run):
         assert set(m) == {"checkpoint", "heldout", "larger"}
         assert m["checkpoint"]["step"] == 120  # the last checkpoint
         for s in ("heldout", "larger"):
-            assert m[s]["kl"] >= 0 and 0 <= m[s]["valid_mass"] <= 1 and m[s]["gap_closed"] <= 1
-            assert m[s]["ce"] > m[s]["kl"]
+            assert m[s]["kl_bayes"] >= 0 and 0 <= m[s]["valid_mass"] <= 1
+            assert m[s]["gap_closed"] <= 1 and m[s]["ce"] > m[s]["kl_bayes"]
+            assert m[s]["kl_oracle"] > m[s]["kl_bayes"]  # the oracle is further than Bayes
     refs = res["references"]
     for s in ("heldout", "larger"):
-        assert refs[s]["oracle"]["kl"] == pytest.approx(0.0, abs=1e-12)
-        assert refs[s]["bigram"]["kl"] > 0
+        assert refs[s]["oracle"]["kl_oracle"] == pytest.approx(0.0, abs=1e-12)
+        assert refs[s]["bayes"]["kl_bayes"] == pytest.approx(0.0, abs=1e-9)
+        assert refs[s]["bigram"]["kl_bayes"] > 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["records"] == recs and saved["experiment"] == "icl-tiny"
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("group,seed,")
-    assert "heldout.kl" in rows[0] and "larger.kl" in rows[0]
+    assert "heldout.kl_bayes" in rows[0] and "larger.kl_bayes" in rows[0]
     report = (out / "report.md").read_text()
-    assert "## Exact references" in report and "## Every seed" in report
+    assert "## References" in report and "## Every seed" in report
+    assert "Bayes-optimal" in report
     assert all((out / "runs" / g / "checkpoints" / "last.msgpack").exists() for g in GROUPS)
     print(f"icl end to end: {seconds:.1f} s")
 
 
 def test_icl_validation_kl_of_the_loop_is_the_oracle_kl(icl_run):
-    """The loop's validation KL (float32, on ICLData.validation()) is score_logq's KL of the
+    """The loop's validation KL (float32, on ICLData.validation()) is score_predictor's KL to the oracle of the
     same model against the oracle of the same sequences."""
     path, out, res, _ = icl_run
     ex = load_experiment(path)
@@ -511,9 +530,10 @@ def test_icl_validation_kl_of_the_loop_is_the_oracle_kl(icl_run):
              .splitlines()]
     last = {m["seed"]: m for m in lines if m["step"] == 120}
     rec = {r["seed"]: r for r in res["records"] if r["group"] == "lstm"}
+    ref = reference("validation", ex.study.family, batch)
     for k, model in enumerate(load_models(out / "runs" / "lstm", "last")):
-        s = score_predictor(model, "validation", batch, position_bins=[0], bigram_kl=1.0)
-        assert s.kl == pytest.approx(last[k]["kl"], rel=1e-4)
+        s = score_predictor(model, ref, position_bins=[0])
+        assert s.kl_oracle == pytest.approx(last[k]["kl"], rel=1e-4)
         assert s.ce == pytest.approx(last[k]["val_loss"], rel=1e-4)
         assert rec[k]["results"]["checkpoint"]["measures"]["val_kl"] == last[k]["kl"]
 

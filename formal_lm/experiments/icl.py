@@ -1,8 +1,10 @@
 """The in-context-learning study (Reizinger et al. 2024, case study 2; data as in Akyurek et al.
 2024): every model trains its seeds together on sequences of random PDFAs
 (``formal_lm.studies.icl.ICLData`` on ``formal_lm.training.fit``), then each seed's selected
-checkpoint is scored against the exact per-sequence oracle and in-context n-gram baselines on
-held-out automata of the training family and on automata of a larger family.
+checkpoint is scored against the Bayes-optimal in-context predictor (the best any predictor can
+do from the context: ``formal_lm.studies.icl_bayes``), the per-sequence automaton (a second,
+unattainable reference) and in-context n-gram baselines, on held-out automata of the training
+family and on automata of a larger family.
 
 Run directories: ``OUT/runs/<model key>/``. Evaluation sets derive from ``eval_seed``: index 0
 is the validation set (checkpoint selection), 1 the held-out automata, 2 the larger ones.
@@ -21,10 +23,11 @@ from formal_lm.experiments.records import (Checkpoint, SeedRecord, compare, json
 from formal_lm.experiments.runs import log, train_or_retrain
 from formal_lm.experiments.spec import Experiment
 from formal_lm.seeding import Stream, derive
-from formal_lm.studies import icl
+from formal_lm.studies import icl, icl_scores
 from formal_lm.training import fit, load_models
 
-DEFAULTS = {"position_bins": [0, 8, 16, 32, 64], "ood_size": 256, "ngram_k": 0.5}
+DEFAULTS = {"position_bins": [0, 8, 16, 32, 64], "ood_size": 256, "ngram_k": 0.5,
+            "particles": 512, "runs": 8}
 
 
 def eval_sets(ex: Experiment, eval_size: int, ood_size: int) -> dict[str, icl.ICLBatch]:
@@ -54,8 +57,14 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
     t_train = time.perf_counter() - t0
     sets = eval_sets(ex, d.eval_size, opts["ood_size"])
     bins, V = list(opts["position_bins"]), data.vocab_size
-    refs = {k: icl.baseline_scores(k, b, V, position_bins=bins, k=opts["ngram_k"])
-            for k, b in sets.items()}
+    fams = {"heldout": ex.study.family, "larger": ex.study.ood_family}
+    log(progress, "the Bayes-optimal in-context reference of both evaluation sets")
+    references = {k: icl_scores.reference(k, fams[k], b, particles=opts["particles"],
+                                          runs=opts["runs"], ngram_k=opts["ngram_k"],
+                                          seed=derive(ex.eval_seed, Stream.ICL_BAYES, i))
+                  for i, (k, b) in enumerate(sets.items())}
+    refs = {k: icl_scores.baseline_scores(r, V, position_bins=bins, k=opts["ngram_k"])
+            for k, r in references.items()}
     records = []
     for m, res in runs.items():
         log(progress, f"analyse {m}")
@@ -63,14 +72,13 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
         selected = res.best if ex.checkpoint == "best" else res.final
         for k, seed in enumerate(res.seeds):
             results = {"checkpoint": Checkpoint.of(ex.checkpoint, selected[k])}
-            for name, batch in sets.items():
-                results[name] = icl.score_predictor(JaxModel(models[k]), name, batch,
-                                                    position_bins=bins,
-                                                    bigram_kl=refs[name]["bigram"].kl)
+            for name, ref in references.items():
+                results[name] = icl_scores.score_predictor(JaxModel(models[k]), ref,
+                                                           position_bins=bins)
             records.append(SeedRecord(m, seed, results))
     stats = compare(records, ex.statistics, seed=ex.eval_seed) if len(runs) > 1 else None
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
-    return _report(ex, out, runs, records, refs, stats, timing, bins)
+    return _report(ex, out, runs, records, refs, references, stats, timing, bins)
 
 
 def _kl_plot(records, refs, out: Path) -> str:
@@ -89,7 +97,7 @@ def _kl_plot(records, refs, out: Path) -> str:
         ax.set_title(f"{set_name} automata")
         ax.set_xlabel("string index in context")
         ax.set_yscale("log")
-    axes[0].set_ylabel("KL(oracle || predictor), nats/token")
+    axes[0].set_ylabel("KL(Bayes-optimal || predictor), nats/token")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "icl_kl_by_string.png", dpi=110)
@@ -97,15 +105,18 @@ def _kl_plot(records, refs, out: Path) -> str:
     return "icl_kl_by_string.png"
 
 
-def _report(ex, out: Path, runs, records, refs, stats, timing, bins) -> dict:
+def _report(ex, out: Path, runs, records, refs, references, stats, timing, bins) -> dict:
     fam, ood = ex.study.family, ex.study.ood_family
     head = keys_where(records, lambda m: m.headline)
     lines = R.header(ex, timing) + [
         f"Family: {fam.n_states} states, {fam.alphabet_size} symbols, density {fam.density}, "
         f"{fam.strings_per_sequence} strings per sequence (delimiter '|'), sequences cut at "
-        f"{fam.max_length} tokens. Off-distribution test: {ood.n_states} states. The oracle "
-        "is the sequence's own automaton (exact); gap closed = 1 - KL(model) / KL(in-context "
-        "bigram).", "", "## Groups (mean ± std [95% t interval] over seeds)", "",
+        f"{fam.max_length} tokens. Off-distribution test: {ood.n_states} states. The "
+        "reference is the Bayes-optimal in-context predictor under the family's prior (kl_bayes: "
+        "the loss an in-context learner could still remove; gap_closed = 1 - kl_bayes / "
+        "kl_bayes(in-context bigram), 1 = Bayes-optimal). The sequence's own automaton "
+        "(kl_oracle) is a second reference that no in-context learner can reach.", "",
+        "## Groups (mean ± std [95% t interval] over seeds)", "",
         *R.summary_table(records, head), "", *R.descriptions(records, head), ""]
     labels = [f"{a}-{b - 1}" for a, b in zip(bins, bins[1:])] + [f"{bins[-1]}+"]
     for set_name in ("heldout", "larger"):
@@ -114,17 +125,24 @@ def _report(ex, out: Path, runs, records, refs, stats, timing, bins) -> dict:
                 for g in runs]
         rows.append(["in-context bigram", *[f"{v:.4f}" for v in
                                             refs[set_name]["bigram"].kl_by_position]])
-        lines += [f"KL by input position ({set_name} automata; mean over seeds):", "",
+        lines += [f"kl_bayes by input position ({set_name} automata; mean over seeds):", "",
                   *R.table(["group", *labels], rows), ""]
-    rows = [[n, *[f"{refs[s][n].ce:.4f} / {refs[s][n].kl:.4f}" for s in ("heldout", "larger")]]
-            for n in ("oracle", "unigram", "bigram", "trigram")]
-    lines += ["## Exact references (CE / KL, nats per token)", "",
-              *R.table(["predictor", "held-out", "larger"], rows), ""]
+    rows = [[n, *[f"{refs[s][n].ce:.4f} / {refs[s][n].kl_bayes:.4f} / {refs[s][n].kl_oracle:.4f}"
+                  for s in ("heldout", "larger")]]
+            for n in ("bayes", "oracle", "unigram", "bigram", "trigram")]
+    lines += ["## References (CE / KL to Bayes-optimal / KL to the oracle, nats per token)", "",
+              *R.table(["predictor", "held-out", "larger"], rows), "",
+              "The Bayes-optimal rows: " + "; ".join(
+                  f"{k}: " + ("exact (every structure enumerated)" if r.bayes.exact else
+                              f"estimated by {len(r.bayes.runs)} particle filters of "
+                              f"{r.bayes.particles} particles (each seed's kl_bayes_se is "
+                              "their Monte Carlo error)")
+                  for k, r in references.items()) + ".", ""]
     if stats is not None:
         lines += R.comparison_section(stats, "Does equal loss mean equal in-context learning?")
     plots = [_kl_plot(records, refs, out),
              R.curves_plot({m: r.run_dir for m, r in runs.items()}, out / "icl_training.png"),
-             R.scatter_plot(records, "heldout.ce", "larger.kl", out / "icl_scatter.png",
+             R.scatter_plot(records, "heldout.ce", "larger.kl_bayes", out / "icl_scatter.png",
                             title="In-distribution loss vs KL on larger automata", logx=False)]
     lines += ["## Every seed", "", *R.seed_table(records, head), "",
               *[f"![{p}]({p})" for p in plots], ""]

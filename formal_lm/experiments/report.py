@@ -70,9 +70,14 @@ def column(records: Sequence[SeedRecord], key: str) -> str:
     return f"{key}{unit}{ARROW[m.higher_is_better]}"
 
 
+def present(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str]:
+    """The keys that some record has a value for."""
+    return [k for k in keys if any(r.value(k) is not None for r in records)]
+
+
 def summary_table(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str]:
-    """Per group: seeds, then mean ± std [95% CI] of each key."""
-    rows = []
+    """Per group: seeds, then mean ± std [95% CI] of each key (keys without values left out)."""
+    keys, rows = present(records, keys), []
     for g, rs in grouped(records).items():
         cells = []
         for k in keys:
@@ -83,8 +88,8 @@ def summary_table(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[st
 
 
 def seed_table(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str]:
-    """Every seed: one row per (group, seed)."""
-    rows = []
+    """Every seed: one row per (group, seed) (keys without values left out)."""
+    keys, rows = present(records, keys), []
     for r in records:
         cells = []
         for k in keys:
@@ -98,9 +103,9 @@ def seed_table(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str]:
 
 
 def descriptions(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str]:
-    """A bullet per key: what it measures."""
+    """A bullet per key (with a value): what it measures."""
     out = []
-    for k in keys:
+    for k in present(records, keys):
         m = _prototype(records, k)
         if m is not None:
             out.append(f"- `{k}`: {m.description} ({m.unit}{ARROW[m.higher_is_better]}).")

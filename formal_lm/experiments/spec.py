@@ -68,7 +68,8 @@ ANALYSIS_OPTIONS: dict[str, dict[str, dict[str, tuple[str, float]]]] = {
                                   "per_bin": ("int", 1), "bins": ("bins", 0),
                                   "threshold": ("prob", 0)},
     },
-    "icl": {"icl": {"position_bins": ("ints", 0), "ood_size": ("int", 1), "ngram_k": ("num", 0)}},
+    "icl": {"icl": {"position_bins": ("ints", 0), "ood_size": ("int", 1), "ngram_k": ("num", 0),
+                    "particles": ("int", 1), "runs": ("int", 2)}},
     "finetune": {"transfer": {"ood_language": ("text", 0), "eval_size": ("int", 1)}},
 }
 PUBLISHED_KEYS = {"citation", "source", "setup", "loss_note", "baseline_eos_pct", "rows", "grid"}

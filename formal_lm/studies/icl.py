@@ -32,9 +32,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from formal_lm.analysis import measures as M
-from formal_lm.analysis.metrics import log_softmax, token_kl
-from formal_lm.analysis.predictor import call_model
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.pfsa import PFSA, random_pdfa
 from formal_lm.seeding import SHARED, Stream, derive, rng
@@ -207,7 +204,7 @@ class ICLData:
     same ``eval_size`` held-out sequences with their exact per-sequence oracle.
     """
 
-    floor, floor_stderr = None, 0.0  # no loss floor here (the Bayes-optimal reference is analysed)
+    floor, floor_stderr = None, 0.0  # no exact floor (the analyses estimate the Bayes-optimal one)
 
     def __init__(self, family: PDFAFamily, *, batch_size: int, pool_size: int, eval_size: int,
                  bucket: int = 16, eval_seed: int = SHARED):
@@ -283,101 +280,3 @@ def ngram_in_context(ids: np.ndarray, n: int, vocab_size: int, *, k: float = 0.5
             row[outcomes] = (c[outcomes] + k) / (c[outcomes].sum() + k * m)
             out[b, t] = row
     return out
-
-
-# ----------------------------------------------------------------------------- analysis
-@dataclasses.dataclass(frozen=True)
-class ICLScores:
-    """One predictor scored against the oracle on one evaluation set.
-
-    Attributes:
-        set_name: which evaluation set ("heldout": held-out automata of the training family;
-            "larger": the off-distribution family).
-        ce: nats per real target token (the observed next token).
-        kl: mean over real positions of KL(oracle || predictor).
-        valid_mass: mean probability the predictor puts on tokens the oracle allows.
-        argmax_valid: fraction of positions whose most likely token is allowed by the oracle.
-        kl_by_string: KL per string index in context (0 = first string).
-        kl_by_position: KL per position bin (``position_bins`` edges).
-        gap_closed: 1 - KL(predictor) / KL(in-context bigram): 0 = no better than the bigram,
-            1 = the oracle (None for the baselines themselves).
-    """
-
-    set_name: str
-    ce: float
-    kl: float
-    valid_mass: float
-    argmax_valid: float
-    kl_by_string: tuple[float, ...]
-    kl_by_position: tuple[float, ...]
-    gap_closed: float | None = None
-
-    def measures(self) -> tuple[M.Measure, ...]:
-        scope = M.IN_DISTRIBUTION if self.set_name == "heldout" else M.OUT_OF_DISTRIBUTION
-        what = ("held-out automata of the training family" if self.set_name == "heldout"
-                else "automata of the larger family")
-        return (
-            M.nats("ce", self.ce, scope, f"NLL per real target token on {what}", headline=True),
-            M.nats("kl", self.kl, scope, f"KL(oracle || model) per real target token on {what}",
-                   headline=True, tested=True),
-            M.Measure("gap_closed", self.gap_closed, "ratio", True, scope, "1 - KL(model) / "
-                      f"KL(in-context bigram) on {what} (negative: worse than the bigram)",
-                      headline=True),
-            M.fraction("valid_mass", self.valid_mass, scope,
-                       f"mean probability on tokens the oracle allows, {what}"),
-            M.fraction("argmax_valid", self.argmax_valid, scope,
-                       f"share of positions whose most likely token is allowed, {what}"),
-            M.nats("kl_first_string", self.kl_by_string[0], scope,
-                   f"KL on the first string of each sequence, {what}"),
-            M.nats("kl_last_string", self.kl_by_string[-1], scope,
-                   f"KL on the last string of each sequence, {what}"),
-        )
-
-
-def _binned_means(values: np.ndarray, mask: np.ndarray, bins: np.ndarray, n: int):
-    return tuple(float(values[mask & (bins == i)].mean()) if (mask & (bins == i)).any()
-                 else float("nan") for i in range(n))
-
-
-def score_logq(set_name: str, batch: ICLBatch, logq: np.ndarray, *,
-               position_bins: Sequence[int], bigram_kl: float | None = None) -> ICLScores:
-    """Scores log-probabilities ``logq`` [N, T-1, V] against ``batch``'s oracle."""
-    ids, p = batch.ids, batch.oracle
-    mask = ids[:, 1:] != PAD_ID  # [N, T-1] real targets
-    with np.errstate(divide="ignore"):
-        logq = np.maximum(logq, -1e30)
-    ce = float(-np.take_along_axis(logq, ids[:, 1:, None], -1)[..., 0][mask].mean())
-    kl = token_kl(p, logq)  # [N, T-1]
-    q = np.exp(logq)
-    allowed = p > 0
-    valid_mass = float((q * allowed).sum(-1)[mask].mean())
-    arg = np.take_along_axis(allowed, q.argmax(-1)[..., None], -1)[..., 0]
-    k = int(batch.string_index.max()) + 1
-    pos = np.broadcast_to(np.arange(kl.shape[1]), kl.shape)
-    edges = np.asarray(list(position_bins) + [kl.shape[1]])
-    pos_bin = np.searchsorted(edges, pos, side="right") - 1
-    kl_mean = float(kl[mask].mean())
-    gap = None if bigram_kl is None else 1.0 - kl_mean / bigram_kl
-    return ICLScores(set_name, ce, kl_mean, valid_mass, float(arg[mask].mean()),
-                     _binned_means(kl, mask, batch.string_index, k),
-                     _binned_means(kl, mask, pos_bin, len(edges) - 1), gap)
-
-
-def baseline_scores(set_name: str, batch: ICLBatch, vocab_size: int, *,
-                    position_bins: Sequence[int], k: float = 0.5) -> dict[str, ICLScores]:
-    """The oracle and the in-context unigram/bigram/trigram baselines scored on ``batch``."""
-    out = {}
-    with np.errstate(divide="ignore"):
-        out["oracle"] = score_logq(set_name, batch, np.log(batch.oracle),
-                                   position_bins=position_bins)
-        for n, name in ((1, "unigram"), (2, "bigram"), (3, "trigram")):
-            q = ngram_in_context(batch.ids, n, vocab_size, k=k)
-            out[name] = score_logq(set_name, batch, np.log(q), position_bins=position_bins)
-    return out
-
-
-def score_predictor(predictor, set_name: str, batch: ICLBatch, *, position_bins: Sequence[int],
-                    bigram_kl: float) -> ICLScores:
-    """Scores a predictor (anything ``as_predictor`` accepts) against the oracle."""
-    logq = log_softmax(call_model(predictor, batch.ids))[:, :-1]  # [N, T-1, V]
-    return score_logq(set_name, batch, logq, position_bins=position_bins, bigram_kl=bigram_kl)

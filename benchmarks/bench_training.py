@@ -99,7 +99,7 @@ def bench(shape: str, K: int, steps: int, vocab_size: int = 5) -> dict:
     eng = _Run(cfg, Batches(vocab_size, spec["T"]), None, default_mesh(K))
     batches = [eng.place(anbn_batch(K, spec["B"], spec["T"], seed=i))[0] for i in range(2)]
     args = (eng.params, eng.opt_state, eng.zero_acc(), eng.rest, batches[0], None, eng.keys,
-            np.int32(0))
+            eng.active(), np.int32(0))
     t = time.perf_counter()
     compiled = eng.step_fn.lower(*args).compile()
     compile_s = time.perf_counter() - t
@@ -110,13 +110,14 @@ def bench(shape: str, K: int, steps: int, vocab_size: int = 5) -> dict:
         peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes
                 + mem.output_size_in_bytes) / K / 2 ** 20
     params, opt, acc = eng.params, eng.opt_state, eng.zero_acc()
-    params, opt, acc = compiled(params, opt, acc, eng.rest, batches[0], None, eng.keys,
+    active = eng.active()
+    params, opt, acc = compiled(params, opt, acc, eng.rest, batches[0], None, eng.keys, active,
                                 np.int32(0))
     jax.block_until_ready(params)
     t, c = time.perf_counter(), time.process_time()
     for i in range(steps):
         params, opt, acc = compiled(params, opt, acc, eng.rest, batches[i % 2], None, eng.keys,
-                                    np.int32(i + 1))
+                                    active, np.int32(i + 1))
     jax.block_until_ready(params)
     dt = (time.perf_counter() - t) / steps
     cpu = (time.process_time() - c) / steps  # CPU seconds (all threads) per step

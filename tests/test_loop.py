@@ -374,3 +374,38 @@ def test_resuming_on_another_device_layout_is_refused(tmp_path):
     with pytest.raises(FormalLMError, match="device layout") as e:
         train(cfg, tmp_path, resume=True, progress=False)
     assert "--cpu-devices 2" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- stopping
+def test_saturation_aware_stopping_freezes_seeds_and_ends_the_run(tmp_path):
+    """With stopping.kl, a seed whose validation KL stays below it for `patience` evaluations
+    is frozen (its parameters no longer move), and the run ends when every seed is frozen."""
+    from formal_lm.training.config import StopConfig
+    kl = 0.05
+    cfg = tiny_config(steps=400, eval_every=10, checkpoint_every=50, lr=3e-2,
+                      stopping=StopConfig(kl=kl, patience=2))
+    res = train(cfg, tmp_path, progress=False)
+    lines = metrics(tmp_path)
+    assert all(s is not None for s in res.saturated_at) and res.step < 400
+    assert res.step == max(res.saturated_at)
+    for k, seed in enumerate(cfg.seeds):
+        mine = [m for m in lines if m["seed"] == seed]
+        at = res.saturated_at[k]
+        # the first evaluation that completes `patience` in a row below kl
+        below = [m["step"] for m in mine if m["kl"] < kl]
+        firsts = [s for s in below if s - cfg.eval_every in below]
+        assert at == firsts[0]
+        after = [m for m in mine if m["step"] >= at]
+        assert len({m["val_loss"] for m in after}) == 1  # frozen: the same model after
+    # resuming a finished stopped run changes nothing; the config records the stopping rule
+    again = train(cfg, tmp_path, resume=True, progress=False)
+    assert again.saturated_at == res.saturated_at and again.step == res.step
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["stopping"]["kl"] == kl
+
+
+def test_stopping_needs_an_exact_reference(tmp_path):
+    from formal_lm.training.config import StopConfig
+    cfg = TrainConfig(language=None, steps=4, seeds=(0,), model="lstm", eval_every=2,
+                      model_config=dict(d_model=8, hidden=8), stopping=StopConfig(kl=0.01))
+    with pytest.raises(FormalLMError, match="exact reference"):
+        fit(cfg, FixedIds(), tmp_path, progress=False)

@@ -217,7 +217,7 @@ def test_packed_step_matches_unpacked_gradient(one_at_a_time, monkeypatch):
     assert eng.prog.packed
     ids = np.stack([lang.vocab.batch(lang.sample(6, seed=s), length=40) for s in (1, 2)])
     params, _, acc = eng.step_fn(eng.params, eng.opt_state, eng.zero_acc(), eng.rest,
-                                 eng.prepare(ids), None, eng.keys, np.int32(0))
+                                 eng.prepare(ids), None, eng.keys, eng.active(), np.int32(0))
     prog = eng.prog
 
     def plain(p, rest, opt, x):

@@ -93,7 +93,6 @@ def _analyse_group(ex, g, pre_run, ft_run, langs, n) -> list[SeedRecord]:
     m, c = ex.study.groups[g]
     pre_models = load_models(pre_run.run_dir, which=ex.checkpoint)
     ft_models = load_models(ft_run.run_dir, which=ex.checkpoint)
-    selected = ft_run.best if ex.checkpoint == "best" else ft_run.final
     name = ex.models[m]["name"]
     seed0 = ex.eval_seed
     out = []
@@ -105,7 +104,7 @@ def _analyse_group(ex, g, pre_run, ft_run, langs, n) -> list[SeedRecord]:
         back = nnx.state(ft, nnx.Param)
         back = rescale_params(back, name, 1.0 / c) if c != 1.0 else back
         results = {
-            "checkpoint": Checkpoint.of(ex.checkpoint, selected[k]),
+            "checkpoint": Checkpoint.of(ex.checkpoint, ft_run, k),
             "start": saturation(JaxModel(start), langs["pretrain"], n=n, seed=seed0),
             "finetuned": saturation(JaxModel(ft), langs["finetune"], n=n, seed=seed0),
             "ood": saturation(JaxModel(ft), langs["ood"], n=n, seed=seed0),

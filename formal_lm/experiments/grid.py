@@ -119,13 +119,12 @@ def baselines(ex: Experiment, lang, split) -> dict:
 def analyze_cell(ex: Experiment, cell: Cell, lang, split) -> list[SeedRecord]:
     res = cell.result
     models = load_models(cell.run_dir, which=ex.checkpoint)
-    selected = res.best if ex.checkpoint == "best" else res.final
     data = ex.train_config(cell.model).data  # longer strings than it holds are out of distribution
     tml = data.hi if data.hi is not None else data.max_length - 2
     out = []
     objective = ex.study.objectives[cell.objective]["name"]
     for k, seed in enumerate(res.seeds):
-        results = {"checkpoint": Checkpoint.of(ex.checkpoint, selected[k])}
+        results = {"checkpoint": Checkpoint.of(ex.checkpoint, res, k)}
         results.update(analyze_seed(JaxModel(models[k]), lang, ex, objective, split, tml))
         out.append(SeedRecord(cell.name, seed, results))
     return out

@@ -69,9 +69,8 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
     for m, res in runs.items():
         log(progress, f"analyse {m}")
         models = load_models(res.run_dir, which=ex.checkpoint)
-        selected = res.best if ex.checkpoint == "best" else res.final
         for k, seed in enumerate(res.seeds):
-            results = {"checkpoint": Checkpoint.of(ex.checkpoint, selected[k])}
+            results = {"checkpoint": Checkpoint.of(ex.checkpoint, res, k)}
             for name, ref in references.items():
                 results[name] = icl_scores.score_predictor(JaxModel(models[k]), ref,
                                                            position_bins=bins)

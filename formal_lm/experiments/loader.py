@@ -172,7 +172,8 @@ def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<di
     return ex
 
 
-TRAIN_KEYS = {"steps", "seeds", "batch_size", "eval_every", "checkpoint_every", "optimizer", "data"}
+TRAIN_KEYS = {"steps", "seeds", "batch_size", "eval_every", "checkpoint_every", "optimizer", "data",
+              "stopping"}
 
 
 def _grid(d, exp, train, chk: Checker) -> Grid:

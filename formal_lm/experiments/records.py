@@ -31,13 +31,15 @@ class Checkpoint:
     val_loss: float | None
     val_kl: float | None
     val_floor: float | None  # exact NLL of the validation strings: val_loss's floor on them
+    saturated_at: int | None = None  # the step saturation-aware stopping froze the seed at
 
     @classmethod
-    def of(cls, rule: str, line: Mapping | None) -> "Checkpoint":
-        """From the metrics line of the selected checkpoint (``TrainResult.best``/``final``)."""
-        line = line or {}
+    def of(cls, rule: str, result, k: int) -> "Checkpoint":
+        """Seed ``k``'s selected checkpoint of a ``TrainResult`` (its metrics line there)."""
+        line = (result.best if rule == "best" else result.final)[k] or {}
+        at = result.saturated_at[k] if result.saturated_at else None
         return cls(rule, line.get("step"), line.get("val_loss"), line.get("kl"),
-                   line.get("val_optimal_loss"))
+                   line.get("val_optimal_loss"), at)
 
     def measures(self) -> tuple[M.Measure, ...]:
         return (M.nats("val_loss", self.val_loss, M.IN_DISTRIBUTION, "validation loss per real "
@@ -47,7 +49,10 @@ class Checkpoint:
                        headline=True, higher_is_better=None),
                 M.nats("val_kl", self.val_kl, M.IN_DISTRIBUTION, "exact KL per real target "
                        "token on the validation set at the analysed checkpoint"),
-                M.count("step", self.step, f"step of the analysed ({self.rule}) checkpoint"))
+                M.count("step", self.step, f"step of the analysed ({self.rule}) checkpoint"),
+                M.Measure("steps_to_saturation", self.saturated_at, "steps", False,
+                          M.REFERENCE, "optimizer steps until the validation KL stayed below "
+                          "stopping.kl (saturation-aware stopping)", headline=True))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,10 @@ and ``steps``)::
     [objective]
     name = "nll"               # "nll" | "extrapolation" | "adversarial"
 
+    [stopping]                 # saturation-aware stopping (off without kl)
+    kl = 0.001                 # a seed stops once its exact validation KL stays below this
+    patience = 2               # ... for this many evaluations in a row
+
 An unknown key, or a key that the chosen mode does not use, is an error naming the key and the
 file; every problem in a file is reported at once.
 """
@@ -191,6 +195,32 @@ class ObjectiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StopConfig:
+    """Saturation-aware stopping (off by default, so paper-faithful runs train every step).
+
+    Because the loss floor is known exactly, a seed can stop once it is saturated: when its
+    exact validation KL per token stays below ``kl`` for ``patience`` evaluations in a row, its
+    parameters are frozen from there on (its checkpoints and metrics keep their meaning), and
+    the run ends as soon as every seed is frozen. Each seed's step of saturation is recorded.
+
+    Attributes:
+        kl: the saturation threshold on the validation KL (nats per real token); None: off.
+        patience: consecutive evaluations below ``kl`` that make a seed saturated.
+    """
+
+    kl: float | None = None
+    patience: int = 2
+
+    def problems(self) -> list[Problem]:
+        out = []
+        if self.kl is not None and not (_is_num(self.kl) and self.kl > 0):
+            out.append(Problem(f"stopping.kl={self.kl!r} must be a number > 0 (nats per token)"))
+        if not (_is_int(self.patience) and self.patience >= 1):
+            out.append(Problem(f"stopping.patience={self.patience!r} must be an integer >= 1"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """One training configuration, run for several seeds at once.
 
@@ -222,6 +252,7 @@ class TrainConfig:
     b2: float = 0.999
     data: DataConfig = DataConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
+    stopping: StopConfig = StopConfig()
     eval_every: int = 100
     checkpoint_every: int = 500
 
@@ -283,6 +314,10 @@ class TrainConfig:
             out += self.objective.problems()
         else:
             out.append(Problem(f"objective={self.objective!r} must be an ObjectiveConfig"))
+        if isinstance(self.stopping, StopConfig):
+            out += self.stopping.problems()
+        else:
+            out.append(Problem(f"stopping={self.stopping!r} must be a StopConfig"))
         return out
 
     def language_name(self) -> str | None:
@@ -301,17 +336,20 @@ class TrainConfig:
         obj = dataclasses.asdict(self.objective)
         if self.objective.name == "nll":
             obj = {"name": "nll"}
-        return {"language": self.language_name(), "steps": self.steps,
-                "seeds": list(self.seeds), "batch_size": self.batch_size,
-                "eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every,
-                "model": {"name": self.model, **self.model_config}, "optimizer": opt,
-                "data": data, "objective": obj}
+        out = {"language": self.language_name(), "steps": self.steps,
+               "seeds": list(self.seeds), "batch_size": self.batch_size,
+               "eval_every": self.eval_every, "checkpoint_every": self.checkpoint_every,
+               "model": {"name": self.model, **self.model_config}, "optimizer": opt,
+               "data": data, "objective": obj}
+        if self.stopping.kl is not None:
+            out["stopping"] = dataclasses.asdict(self.stopping)
+        return out
 
 
 _TOP = {"language", "steps", "seeds", "batch_size", "eval_every", "checkpoint_every"}
 _OPT = {"name": "optimizer", "lr": "lr", "warmup_steps": "warmup_steps", "schedule": "schedule",
         "weight_decay": "weight_decay", "grad_clip": "grad_clip", "b1": "b1", "b2": "b2"}
-_TABLES = {"model", "optimizer", "data", "objective"}
+_TABLES = {"model", "optimizer", "data", "objective", "stopping"}
 
 
 def config_from_dict(d: Mapping, *, source: str = "<dict>",
@@ -354,6 +392,7 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>",
     kw.update((_OPT[key], value) for key, value in table("optimizer", _OPT).items())
     data = table("data", {f.name for f in dataclasses.fields(DataConfig)})
     obj = table("objective", {f.name for f in dataclasses.fields(ObjectiveConfig)})
+    stop = table("stopping", {f.name for f in dataclasses.fields(StopConfig)})
     if isinstance(obj.get("name", "nll"), str) and obj.get("name", "nll") == "nll":
         for key in obj:
             if key != "name":
@@ -366,6 +405,7 @@ def config_from_dict(d: Mapping, *, source: str = "<dict>",
     try:
         kw["data"] = DataConfig(**data)
         kw["objective"] = ObjectiveConfig(**obj)
+        kw["stopping"] = StopConfig(**stop)
         cfg = TrainConfig(**kw)
     except FormalLMError as e:
         problems = [Problem(f"{source}: {p.message}", p.fix) for p in e.problems]

@@ -62,6 +62,8 @@ class TrainResult:
         wall_time: seconds spent in this call.
         compiles: how many times the train step was compiled (one per sequence-length bucket).
         buckets: the padded batch lengths T seen in this call.
+        saturated_at: per seed, the step at which saturation-aware stopping froze it (None: it
+            trained to the end, or stopping is off).
     """
 
     run_dir: Path
@@ -76,6 +78,7 @@ class TrainResult:
     wall_time: float
     compiles: int
     buckets: tuple[int, ...] = ()
+    saturated_at: tuple[int | None, ...] = ()
 
 
 class Callback:
@@ -162,6 +165,13 @@ class _Run:
         self.best_val = np.full(len(self.seeds), np.inf)
         self.best_lines: list[dict | None] = [None] * len(self.seeds)
         self.last_lines: list[dict | None] = [None] * len(self.seeds)
+        # saturation-aware stopping: evaluations in a row below stopping.kl, and the step at
+        # which each seed was frozen (None: still training)
+        self.streak = [0] * len(self.seeds)
+        self.saturated_at: list[int | None] = [None] * len(self.seeds)
+        if config.stopping.kl is not None and val.p_true is None:
+            raise FormalLMError(Problem("stopping.kl needs an exact reference to measure KL, and "
+                                        "this data has none", "remove [stopping]"))
         self.best_params = jax.tree.map(np.array, jax.device_get(self.params))
         self.acc = self.zero_acc()
 
@@ -179,6 +189,29 @@ class _Run:
             return jax.tree.map(jnp.asarray, tree)
         return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh,
                                                                jax.sharding.PartitionSpec()))
+
+    def active(self):
+        """[K] float32: 1 for a seed that trains, 0 for one frozen at saturation."""
+        return self.shard(np.array([s is None for s in self.saturated_at], np.float32))
+
+    def done(self) -> bool:
+        """Every seed is frozen (saturation-aware stopping ends the run)."""
+        return all(s is not None for s in self.saturated_at)
+
+    def freeze_saturated(self, lines: list[dict]) -> None:
+        """Counts evaluations below stopping.kl and freezes the seeds that reach the patience."""
+        stop = self.config.stopping
+        if stop.kl is None:
+            return
+        for k, m in enumerate(lines):
+            if self.saturated_at[k] is not None:
+                m["saturated_at"] = self.saturated_at[k]
+                continue
+            self.streak[k] = self.streak[k] + 1 if m.get("kl") is not None and \
+                m["kl"] < stop.kl else 0
+            if self.streak[k] >= stop.patience:
+                self.saturated_at[k] = self.step
+                m["saturated_at"] = self.step
 
     def layout(self) -> dict:
         """The device layout (it changes float summation order, so a resume must keep it)."""
@@ -226,7 +259,7 @@ class _Run:
         (ids, ood), T = self.batch(step)
         self.params, self.opt_state, self.acc = self.step_fn(
             self.params, self.opt_state, self.acc, self.rest, ids, ood, self.keys,
-            np.int32(step))
+            self.active(), np.int32(step))
         self.step, self.since_eval = step + 1, self.since_eval + 1
         return T
 
@@ -295,7 +328,8 @@ class _Files:
                 "seeds": list(run.seeds), "vocab_size": run.data.vocab_size,
                 "optimal_loss": run.data.floor, "devices": run.layout(),
                 "best_val": [None if not np.isfinite(v) else float(v) for v in run.best_val],
-                "best_lines": run.best_lines, "last_lines": run.last_lines, **(extra or {})}
+                "best_lines": run.best_lines, "last_lines": run.last_lines,
+                "streak": run.streak, "saturated_at": run.saturated_at, **(extra or {})}
 
     def save_last(self, run: _Run) -> None:
         ckpt.save(self.last, self.meta(run), {"params": run.params, "opt_state": run.opt_state,
@@ -321,6 +355,7 @@ class _Files:
         run.step, run.since_eval = meta["step"], meta["since_eval"]
         run.best_val = np.array([math.inf if v is None else v for v in meta["best_val"]])
         run.best_lines, run.last_lines = meta["best_lines"], meta["last_lines"]
+        run.streak, run.saturated_at = meta["streak"], meta["saturated_at"]
         src = str(self.last)
         run.params = run.shard(ckpt.restore(run.params, trees["params"], source=src))
         run.opt_state = run.shard(ckpt.restore(run.opt_state, trees["opt_state"], source=src))
@@ -394,18 +429,20 @@ def _fit(config, data, run_dir, init, resume, progress, mesh, callbacks) -> Trai
     return TrainResult(files.dir, config.seeds, run.step, run.last_lines, run.best_lines,
                        files.last, files.best, data.floor, data.floor_stderr,
                        time.perf_counter() - t0,
-                       run.step_fn._cache_size() - compiles_before, tuple(sorted(seen_T)))
+                       run.step_fn._cache_size() - compiles_before, tuple(sorted(seen_T)),
+                       tuple(run.saturated_at))
 
 
 def _loop(run: _Run, files: _Files, hooks, seen_T: set) -> None:
     config = run.config
     with open(files.metrics, "a") as mf:
-        while run.step < config.steps:
+        while run.step < config.steps and not run.done():
             seen_T.add(run.train_step(run.step))
             for h in hooks:
                 h.on_step(run.step)
             if run.step % config.eval_every == 0 or run.step == config.steps:
                 lines, improved = run.evaluate()
+                run.freeze_saturated(lines)
                 mf.write("".join(json.dumps(m) + "\n" for m in lines))
                 mf.flush()
                 if bad := _diverged(lines):
@@ -418,7 +455,7 @@ def _loop(run: _Run, files: _Files, hooks, seen_T: set) -> None:
                     files.save_best(run)
                 for h in hooks:
                     h.on_eval(run.step, lines)
-            if run.step % config.checkpoint_every == 0 or run.step == config.steps:
+            if run.step % config.checkpoint_every == 0 or run.step == config.steps or run.done():
                 files.save_last(run)
                 for h in hooks:
                     h.on_checkpoint(run.step, files.last)

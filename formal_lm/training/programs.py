@@ -80,10 +80,10 @@ def check_max_len(config: TrainConfig, longest: int) -> None:
                                     f"{longest} tokens", f"raise model.max_len to >= {longest}"))
 
 
-def _over_seeds(f, one_by_one: bool, params, opt_state, acc, rest, batch, ood, key, t):
+def _over_seeds(f, one_by_one: bool, params, opt_state, acc, rest, batch, ood, key, active, t):
     """``f(..., t)`` for every seed (leading axis of all but ``t``): vmapped, or one seed after
     another with ``lax.map`` (each seed then runs the K = 1 program; no vmapped while loops)."""
-    args = (params, opt_state, acc, rest, batch, ood, key)
+    args = (params, opt_state, acc, rest, batch, ood, key, active)
     if one_by_one:
         return jax.lax.map(lambda a: f(*a, t), args)
     return jax.vmap(lambda *a: f(*a, t))(*args)
@@ -106,6 +106,7 @@ class Programs:
         abstract.train()
         self.graphdef_train = nnx.split(abstract, nnx.Param, ...)[0]
         self.weight = float(config.objective.weight)
+        self.freezes = config.stopping.kl is not None  # saturated seeds stop moving
         # Optimizer state is built inside the vmap: clipping's global norm is per seed.
         self.init_fn = jax.jit(jax.vmap(self._init))
         self.opt_init_fn = jax.jit(jax.vmap(self.tx.init))
@@ -136,16 +137,19 @@ class Programs:
             total = total + self.weight * aux["ood_loss"]
         return total, aux
 
-    def _update(self, params, opt_state, acc, grads, aux):
-        updates, opt_state = self.tx.update(grads, opt_state, params)
+    def _update(self, params, opt_state, acc, grads, aux, active):
+        """One optimizer update; a frozen (saturated) seed's parameters stay as they are."""
+        updates, new_state = self.tx.update(grads, opt_state, params)
+        if self.freezes:
+            updates = jax.tree.map(lambda u: u * active, updates)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {k: acc[k] + aux[k] for k in acc}
+        return params, new_state, {k: acc[k] + aux[k] for k in acc}
 
-    def _plain_step(self, params, opt_state, acc, rest, ids, ood, key, t):
+    def _plain_step(self, params, opt_state, acc, rest, ids, ood, key, active, t):
         key = jax.random.fold_in(key, t)
         (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, ids, ood,
                                                                        key)
-        return self._update(params, opt_state, acc, grads, aux)
+        return self._update(params, opt_state, acc, grads, aux, active)
 
     def _evaluate(self, params, rest, ids, p_true, ood):
         model = nnx.merge(self.graphdef_eval, params, rest, copy=True)
@@ -199,7 +203,7 @@ class Programs:
                 s, g = loop(arrs, full * size, rows - full * size, 1, ckey, s, g)
         return s, g
 
-    def _packed_step(self, params, opt_state, acc, rest, batch, ood, key, t, *, chunk,
+    def _packed_step(self, params, opt_state, acc, rest, batch, ood, key, active, t, *, chunk,
                      rows_axis):
         key = jax.random.fold_in(key, t)
         k1, k2 = jax.random.split(key)
@@ -217,20 +221,24 @@ class Programs:
                 return self._ood_nll(nnx.merge(self.graphdef_train, p, rest, copy=True), ood, k2)
             aux["ood_loss"], g_ood = jax.value_and_grad(ood_loss)(params)
             grads = jax.tree.map(lambda a, b: a + self.weight * b, grads, g_ood)
-        return self._update(params, opt_state, acc, grads, aux)
+        return self._update(params, opt_state, acc, grads, aux, active)
 
-    def _packed_local(self, params, opt_state, acc, rest, batch, ood, key, t, *, rows_axis):
+    def _packed_local(self, params, opt_state, acc, rest, batch, ood, key, active, t, *,
+                      rows_axis):
         f = functools.partial(self._packed_step, chunk=micro_rows(batch[0]["inp"].shape[0]),
                               rows_axis=rows_axis)
-        return _over_seeds(f, one_at_a_time(), params, opt_state, acc, rest, batch, ood, key, t)
+        return _over_seeds(f, one_at_a_time(), params, opt_state, acc, rest, batch, ood, key,
+                           active, t)
 
-    def _plain_local(self, params, opt_state, acc, rest, ids, ood, key, t, *, rows_axis):
+    def _plain_local(self, params, opt_state, acc, rest, ids, ood, key, active, t, *,
+                     rows_axis):
         return _over_seeds(self._plain_step, False, params, opt_state, acc, rest, ids, ood, key,
-                           t)
+                           active, t)
 
     def step_fn(self, mesh=None):
-        """The jitted train step ``(params, opt_state, acc, rest, batch, ood, keys, t) ->
-        (params, opt_state, acc)`` for ``mesh`` (None: one device).
+        """The jitted train step ``(params, opt_state, acc, rest, batch, ood, keys, active, t)
+        -> (params, opt_state, acc)`` for ``mesh`` (None: one device); ``active`` [K] is 1 for
+        a seed that trains and 0 for one that saturation-aware stopping has frozen.
 
         On a mesh, ``shard_map`` gives each device its own seeds (axis "seeds") and, for
         packed models, its own share of the packed rows (axis "rows", data parallel: the
@@ -246,7 +254,8 @@ class Programs:
                 seeds = P("seeds")
                 batch = P("seeds", "rows") if self.packed and "rows" in mesh.axis_names else seeds
                 fn = jax.shard_map(fn, mesh=mesh, out_specs=seeds, check_vma=False,
-                                   in_specs=(seeds, seeds, seeds, seeds, batch, seeds, seeds, P()))
+                                   in_specs=(seeds, seeds, seeds, seeds, batch, seeds, seeds,
+                                             seeds, P()))
             donate = (0, 1, 2) if jax.default_backend() != "cpu" else ()
             self._steps[key] = jax.jit(fn, donate_argnums=donate)
         return self._steps[key]
@@ -260,7 +269,8 @@ def signature(config: TrainConfig, vocab_size: int) -> str:
     d = config.to_dict()
     return json.dumps({"vocab_size": vocab_size, "model": d["model"], "optimizer": d["optimizer"],
                        "steps": config.steps if config.schedule != "constant" else None,
-                       "objective": d["objective"], "batch_size": config.batch_size},
+                       "objective": d["objective"], "batch_size": config.batch_size,
+                       "freezes": config.stopping.kl is not None},
                       sort_keys=True)
 
 

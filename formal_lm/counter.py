@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from formal_lm import counter_linear as linear
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.priors import Prior
@@ -132,6 +133,8 @@ class CounterLanguage(Language):
             if v not in used:
                 out.append(Problem(f"count variable {v!r} has a prior but no block uses it",
                                    "remove the prior or use the variable in a block"))
+        if not out:
+            out += linear.size_problems(self)
         return out + self._ambiguity_problems(ok) + alphabet_problems(self.rules, self.alphabet)
 
     def _block_problems(self, i: int, b: Block) -> list[Problem]:
@@ -247,20 +250,23 @@ class CounterLanguage(Language):
 
     # ----- Language primitives --------------------------------------------------------------------
     def log_prob(self, s) -> float:
-        if self._linear:
-            state = linear.parse(self, self._s(s))
-            return -math.inf if state is None else linear.log_mass(
-                self, linear.constraints(self, state, final=True))
-        state = self._parse(self._s(s))
-        return -math.inf if state is None else self._log_mass(self._final_constraints(state))
+        return self._log_mass_of(self._s(s), final=True)
 
     def prefix_log_prob(self, p) -> float:
+        return self._log_mass_of(self._s(p), final=False)
+
+    def _log_mass_of(self, s, *, final: bool) -> float:
+        """ln of the prior mass of the count assignments that produce ``s`` (``final``) or a
+        string that starts with it."""
         if self._linear:
-            state = linear.parse(self, self._s(p))
+            state = linear.parse(self, s)
             return -math.inf if state is None else linear.log_mass(
-                self, linear.constraints(self, state, final=False))
-        state = self._parse(self._s(p))
-        return -math.inf if state is None else self._log_mass(self._open_constraints(state))
+                self, linear.constraints(self, state, final=final))
+        state = self._parse(s)
+        if state is None:
+            return -math.inf
+        return self._log_mass(self._final_constraints(state) if final
+                              else self._open_constraints(state))
 
     def next_token_table(self, s) -> np.ndarray:
         s = self._s(s)
@@ -403,7 +409,11 @@ class CounterLanguage(Language):
         return sum(b.coef for b in self.blocks if b.var is None)
 
     def _assignments(self, max_length: int):
-        """Every assignment of counts whose string is at most ``max_length`` long, with its log prob."""
+        """Every assignment of counts whose string is at most ``max_length`` long, with its log prob.
+
+        Enumerated: the product of the variables' ranges, so the exact length tables, entropy
+        and loss floor are super-linear in the counts (``limits.MAX_COUNT``,
+        ``limits.MAX_ASSIGNMENTS`` and ``limits.MAX_ENUMERATED`` bound them)."""
         coef, budget = self._per_var_coef(), max_length - self._fixed_length()
         ranges = []
         for v in self.vars:
@@ -412,13 +422,18 @@ class CounterLanguage(Language):
             if pr.support_max is not None:
                 top = min(top, pr.support_max)
             ranges.append(range(pr.min, top + 1))
+        if math.prod(len(r) for r in ranges) > limits.MAX_ENUMERATED:  # unbounded priors
+            raise FormalLMError(Problem(
+                f"{self.name!r}: lengths up to {max_length} need more than "
+                f"{limits.MAX_ENUMERATED} assignments of the counts",
+                "ask for a shorter length, or raise formal_lm.limits.MAX_ENUMERATED"))
         for values in itertools.product(*ranges):
             if sum(coef[v] * x for v, x in zip(self.vars, values)) <= budget:
                 counts = dict(zip(self.vars, values))
                 lp = sum(float(self.priors[v].log_pmf(x)) for v, x in counts.items())
                 yield counts, lp
 
-    def sample(self, n: int, *, seed: int = 0, length: int | None = None):
+    def _sample(self, n: int, *, seed: int, length: int | None):
         rng = np.random.default_rng(seed)
         if length is None:
             draws = {v: self.priors[v].sample(rng, n) for v in self.vars}

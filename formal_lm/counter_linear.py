@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from formal_lm import limits
+from formal_lm.errors import Problem
 from formal_lm.language import LengthStats
 from formal_lm.vocab import EOS_ID
 
@@ -27,6 +29,31 @@ from formal_lm.vocab import EOS_ID
 State = tuple[int, int, tuple[int, ...]]
 START: State = (0, 0, ())
 MAX_ENUMERATION = 2_000_000  # assignments enumerated for the string entropy, at most
+
+
+def size_problems(lang) -> list[Problem]:
+    """The limits of ``formal_lm.limits`` on a counter template (exact
+    sums enumerate the counts, so their cost grows with them)."""
+    out, top = [], {v: p.largest() for v, p in lang.priors.items()}
+    for v, x in top.items():
+        if x > limits.MAX_COUNT:
+            out.append(Problem(f"count variable {v!r} reaches {x}, more than the limit of "
+                               f"{limits.MAX_COUNT} (exact sums enumerate every count)",
+                               "lower the prior's max (or raise a geometric prior's p), or "
+                               "raise formal_lm.limits.MAX_COUNT"))
+    joint = math.prod(x - lang.priors[v].min + 1 for v, x in top.items())
+    if not out and joint > limits.MAX_ASSIGNMENTS:
+        out.append(Problem(f"the count variables have {joint} joint values, more than the "
+                           f"limit of {limits.MAX_ASSIGNMENTS} (exact sums run over them)",
+                           "narrow the priors, or raise formal_lm.limits.MAX_ASSIGNMENTS"))
+    longest = sum(b.coef if b.var is None else sum(c * top.get(v, 0) for v, c in b.terms())
+                  for b in lang.blocks)
+    if longest > limits.MAX_STRING_LENGTH:
+        out.append(Problem(f"the template's longest string has {longest} symbols, more than "
+                           f"the limit of {limits.MAX_STRING_LENGTH}",
+                           "lower the counts' coefficients or the priors' max, or raise "
+                           "formal_lm.limits.MAX_STRING_LENGTH"))
+    return out
 
 
 def _lse(logs) -> float:

@@ -5,6 +5,11 @@ the "context-sensitive Dyck" of Meszaros et al. (2024): each type is balanced on
 may cross. Exactness comes from completion counts C[r, state] (words of r more symbols that close
 everything from ``state``), built by a recursion in log space:
 P(prefix) = sum_n prior(n) C[2n - |prefix|, state(prefix)] / C[2n, 0].
+
+Cost, super-linear in the prior's largest number of pairs m: nested, the completion counts are
+O(m^2) and the prefix table O(m^3) to build (0.9 s at m = 512); crossing (two depths), the
+counts are O(m^3) floats in memory and the prefix table O(m^4) to build (2.6 s at m = 128, 38 s
+and 1.4 GB at 256). ``limits.MAX_DYCK_PAIRS`` and ``limits.MAX_CROSSING_PAIRS`` bound m.
 """
 from __future__ import annotations
 
@@ -12,11 +17,24 @@ import math
 
 import numpy as np
 
-from formal_lm.errors import FormalLMError, Problem, raise_if
+from formal_lm import limits
+from formal_lm.errors import FormalLMError, GrammarError, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.priors import Prior
 from formal_lm.rules import Balanced, Nested
 from formal_lm.vocab import EOS_ID, check_symbols
+
+
+def _size_problems(pairs: int, nested: bool) -> list[Problem]:
+    """A problem when the prior's largest number of pairs exceeds the limit of its kind."""
+    top, name = (limits.MAX_DYCK_PAIRS, "MAX_DYCK_PAIRS") if nested else \
+        (limits.MAX_CROSSING_PAIRS, "MAX_CROSSING_PAIRS")
+    if pairs <= top:
+        return []
+    cost = "O(max^3) time" if nested else "O(max^3) memory and O(max^4) time"
+    return [Problem(f"the prior allows up to {pairs} bracket pairs, more than the limit of {top} "
+                    f"for a {'nested' if nested else 'crossing'} Dyck language (its exact tables "
+                    f"take {cost})", f"lower the prior's max, or raise formal_lm.limits.{name}")]
 
 
 class DyckLanguage(Language):
@@ -35,10 +53,17 @@ class DyckLanguage(Language):
     def __init__(self, name: str, pairs, prior: Prior, *, nested: bool = True,
                  description: str = ""):
         self.name, self.description = name, description
-        self.pairs = tuple(tuple(p) for p in pairs)
+        try:
+            self.pairs = tuple(tuple(p) for p in pairs)
+        except TypeError:
+            raise GrammarError(Problem(f"pairs={pairs!r} is not a list of [open, close] pairs",
+                                       "write pairs = [['(', ')'], ['[', ']']]")) from None
         self.nested, self.prior = nested, prior
         self.alphabet = tuple(x for p in self.pairs for x in p)
         problems = check_symbols(self.alphabet) + prior.problems()
+        if not isinstance(nested, (bool, np.bool_)):
+            problems.append(Problem(f"nested={nested!r} is not true or false",
+                                    "write nested = true (Dyck-k) or nested = false (crossing)"))
         if any(len(p) != 2 for p in self.pairs):
             problems.append(Problem(f"pairs={list(self.pairs)} must be [open, close] pairs",
                                     "write pairs = [['(', ')'], ['[', ']']]"))
@@ -51,6 +76,8 @@ class DyckLanguage(Language):
         elif prior.min == 0 and prior.support_max == 0:
             problems.append(Problem("the prior only allows the empty string",
                                     "give the prior a max >= 1"))
+        elif not prior.problems():
+            problems += _size_problems(prior.support_max, bool(nested))
         raise_if(problems)
         self.k = len(self.pairs)
         self.rules = tuple(Balanced(f"R{i + 1}", f"{o}{c} balanced", o, c)
@@ -287,7 +314,7 @@ class DyckLanguage(Language):
             out[:, t] = np.where(live, sym, -1)
         return [tuple(self.alphabet[x] for x in row[row >= 0]) for row in out]
 
-    def sample(self, n: int, *, seed: int = 0, length: int | None = None):
+    def _sample(self, n: int, *, seed: int, length: int | None):
         rng = np.random.default_rng(seed)
         if length is not None:
             if length % 2 or not (self.prior.min <= length // 2 <= self.prior.support_max) or \

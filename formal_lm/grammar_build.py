@@ -11,7 +11,12 @@ import os
 import re
 from pathlib import Path
 
+import regex
+
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
+from formal_lm.grammar_schema import (TOP_LEVEL, Source, conforms, field_types, show,
+                                      toml_lines, type_problem, value_problems)
 from formal_lm.language import Language
 from formal_lm.priors import PRIOR_KINDS
 from formal_lm.rules import RULE_KINDS
@@ -28,55 +33,6 @@ KEYS = {
 }
 
 
-class Source:
-    """The text of a grammar file, for locating keys and lines inside multi-line strings."""
-
-    def __init__(self, text: str, path: str):
-        self.text, self.path, self.lines = text, path, text.splitlines()
-
-    def locate(self, *keys: str) -> Location:
-        """The line that sets ``keys`` (a dotted path such as ('prior', 'n', 'max'))."""
-        table, best = (), None
-        for i, line in enumerate(self.lines):
-            m = re.match(r"\s*\[\s*([^\]]+?)\s*\]\s*(#.*)?$", line)
-            if m:
-                table = tuple(k.strip().strip('"') for k in m.group(1).split("."))
-                if table == tuple(keys):
-                    return Location(self.path, i + 1, line.index("[") + 1)
-                continue
-            m = re.match(r"\s*([\w\".-]+)\s*=", line)
-            if not m:
-                continue
-            path = table + tuple(k.strip('"') for k in m.group(1).split("."))
-            if path == tuple(keys):
-                return Location(self.path, i + 1, line.index(m.group(1)) + 1)
-            if best is None and path[: len(keys)] == tuple(keys[: len(path)]) and len(path) > 0 \
-                    and path[-1] == keys[-1]:
-                best = Location(self.path, i + 1, line.index(m.group(1)) + 1)
-        if best:
-            return best
-        if len(keys) > 1:
-            return self.locate(*keys[:-1])
-        return Location(self.path, 1, 1)
-
-    def string_start(self, key: str) -> int:
-        """0-based line index where the multi-line string of top-level ``key`` starts its text."""
-        for i, line in enumerate(self.lines):
-            m = re.match(rf"\s*{re.escape(key)}\s*=\s*(\"\"\"|''')?", line)
-            if m:
-                rest = line[m.end():]
-                return i + (0 if rest.strip() else 1) if m.group(1) else i
-        return 0
-
-
-def _expect(problems, src, value, typ, *keys, what):
-    if not isinstance(value, typ):
-        problems.append(Problem(f"{'.'.join(keys)}={value!r} should be {what}", f"write {what}",
-                                src.locate(*keys)))
-        return False
-    return True
-
-
 def _rules(doc, src, problems) -> tuple:
     tables = doc.get("rules", {})
     if isinstance(tables, str) and doc.get("kind") == "pcfg":
@@ -87,39 +43,64 @@ def _rules(doc, src, problems) -> tuple:
             src.locate("rules")))
         return ()
     if not isinstance(tables, dict):
-        problems.append(Problem(f"rules={tables!r} should be tables [rules.NAME]",
-                                f"write [rules.R1] with kind = one of {sorted(RULE_KINDS)}",
-                                src.locate("rules")))
-        return ()
+        return ()  # a type problem of the key (value_problems)
     rules = (_rule(name, spec, src, problems) for name, spec in tables.items())
     return tuple(r for r in rules if r is not None)
+
+
+def _kind(spec, kinds: dict, what: str, keys, src, problems):
+    """The class of a table's ``kind`` (one of ``kinds``), or None with a problem."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        problems.append(Problem(f"{what} needs a table with a kind",
+                                f"write [{'.'.join(keys)}] with kind = one of {sorted(kinds)}",
+                                src.locate(*keys)))
+        return None
+    kind = spec["kind"]
+    if not isinstance(kind, str) or kind not in kinds:
+        problems.append(Problem(f"{what}: kind={show(kind)} is unknown",
+                                f"use one of {sorted(kinds)}", src.locate(*keys, "kind")))
+        return None
+    return kinds[kind]
+
+
+def _typed_args(spec, cls, keys, src, problems, label, owner, skip=()) -> dict | None:
+    """A table's keys other than kind, checked against ``cls``'s fields: unknown keys and
+    wrong types become problems (None then); lists become tuples."""
+    types = field_types(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("file", True)}
+    fields -= set(skip)
+    args = {k: v for k, v in spec.items() if k not in ("kind", "description")}
+    what = ".".join(keys)
+    ok = True
+    for k in sorted(set(args) - fields):
+        problems.append(Problem(f"{label}: key {k!r} is not used by {owner}",
+                                f"its keys are {sorted(fields)}", src.locate(*keys, k)))
+        ok = False
+    checks = [(k, v, types.get(k)) for k, v in args.items() if k in fields]
+    if "description" in spec:
+        checks.append(("description", spec["description"], str))
+    for k, v, tp in checks:
+        p = type_problem(v, tp, src, *keys, k, what=f"{what}.{k}")
+        if p is not None:
+            problems.append(p)
+            ok = False
+    if not ok:
+        return None
+    return {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                if isinstance(v, list) else v) for k, v in args.items()}
 
 
 def _rule(name, spec, src, problems):
     """One [rules.NAME] table as a Rule, or None (with its problems added)."""
     loc = src.locate("rules", name)
-    if not isinstance(spec, dict) or "kind" not in spec:
-        problems.append(Problem(f"rule {name} needs a table with a kind",
-                                f"write [rules.{name}] with kind = one of {sorted(RULE_KINDS)}",
-                                loc))
+    cls = _kind(spec, RULE_KINDS, f"rule {name}", ("rules", name), src, problems)
+    if cls is None:
         return None
     kind = spec["kind"]
-    if kind not in RULE_KINDS:
-        problems.append(Problem(f"rule {name}: kind={kind!r} is unknown",
-                                f"use one of {sorted(RULE_KINDS)}", src.locate("rules", name, "kind")))
+    args = _typed_args(spec, cls, ("rules", name), src, problems, f"rule {name}",
+                       f"kind={kind!r}", skip=("name", "description"))
+    if args is None:
         return None
-    cls = RULE_KINDS[kind]
-    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("file", True)}
-    fields -= {"name", "description"}
-    args = {k: v for k, v in spec.items() if k not in ("kind", "description")}
-    unknown = set(args) - fields
-    for k in sorted(unknown):
-        problems.append(Problem(f"rule {name}: key {k!r} is not used by kind={kind!r}",
-                                f"its keys are {sorted(fields)}", src.locate("rules", name, k)))
-    if unknown:
-        return None
-    args = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                if isinstance(v, list) else v) for k, v in args.items()}
     where = src.locate("rules", name, *args) if len(args) == 1 else loc
     if kind == "in_grammar" and isinstance(args.get("grammar"), str):
         args["language"] = _referenced(name, args["grammar"], src, where, problems)
@@ -129,11 +110,14 @@ def _rule(name, spec, src, problems):
         rule = cls(name=name, description=spec.get("description", kind), **args)
         if kind == "pattern":
             re.compile(rule.pattern)
+            regex.compile(rule.pattern)
     except FormalLMError as e:
         problems.extend(Problem(p.message, p.fix, where) for p in e.problems)
         return None
-    except (TypeError, re.error) as e:
-        problems.append(Problem(f"rule {name}: {e}", "check the rule's keys", loc))
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError, re.error,
+            regex.error) as e:
+        problems.append(Problem(f"rule {name}: {type(e).__name__}: {e}", "check the rule's keys",
+                                where))
         return None
     return rule
 
@@ -185,23 +169,26 @@ def _referenced(rule, target, src, loc, problems) -> Language | None:
 
 def _prior(spec, src, keys, problems):
     loc = src.locate(*keys)
-    if not isinstance(spec, dict) or spec.get("kind") not in PRIOR_KINDS:
-        problems.append(Problem(f"{'.'.join(keys)} needs kind = one of {sorted(PRIOR_KINDS)}",
-                                'e.g. kind = "uniform", min = 1, max = 128', loc))
+    what = ".".join(keys)
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) \
+            or spec["kind"] not in PRIOR_KINDS:
+        at = src.locate(*keys, "kind") if isinstance(spec, dict) and "kind" in spec else loc
+        problems.append(Problem(f"{what} needs kind = one of {sorted(PRIOR_KINDS)}",
+                                'e.g. kind = "uniform", min = 1, max = 128', at))
         return None
     cls = PRIOR_KINDS[spec["kind"]]
-    args = {k: v for k, v in spec.items() if k != "kind"}
-    unknown = set(args) - set(cls.__dataclass_fields__)
-    for k in sorted(unknown):
-        problems.append(Problem(f"{'.'.join(keys)}: key {k!r} is not used by a {spec['kind']} prior",
-                                f"its keys are {sorted(cls.__dataclass_fields__)}",
-                                src.locate(*keys, k)))
-    if unknown:
+    if "description" in spec:
+        problems.append(Problem(f"{what}: key 'description' is not used by a {spec['kind']} "
+                                "prior", f"its keys are {sorted(cls.__dataclass_fields__)}",
+                                src.locate(*keys, "description")))
+        return None
+    args = _typed_args(spec, cls, keys, src, problems, what, f"a {spec['kind']} prior")
+    if args is None:
         return None
     try:
         prior = cls(**args)
     except TypeError as e:
-        problems.append(Problem(f"{'.'.join(keys)}: {e}", "check the prior's keys", loc))
+        problems.append(Problem(f"{what}: {e}", "check the prior's keys", loc))
         return None
     for p in prior.problems():
         problems.append(Problem(p.message, p.fix, loc))
@@ -212,9 +199,10 @@ def _count(expr, src, i, problems):
     """A block's count: a fixed length ('3') or a sum of multiples of variables ('n', '2n',
     'n+2m'), as (coef, var, ((coef, var), ...)) for ``Block``."""
     text = str(expr)
-    if re.fullmatch(r"\s*\d+\s*", text):
+    if re.fullmatch(r"\s*[0-9]{1,18}\s*", text):
         return int(text), None, ()
-    terms = [re.fullmatch(r"\s*(\d*)\s*\*?\s*([A-Za-z_]\w*)\s*", part) for part in text.split("+")]
+    terms = [re.fullmatch(r"\s*([0-9]{0,18})\s*\*?\s*([A-Za-z_]\w*)\s*", part)
+             for part in text.split("+")]
     if not all(terms):
         problems.append(Problem(f"blocks[{i}] count={expr!r} is not a count",
                                 "write a fixed length ('1', '3') or a sum of multiples of "
@@ -228,7 +216,7 @@ def _lines(src, key, text, problems, pattern, what):
     """Non-comment lines of a multi-line string, with their Locations."""
     first = src.string_start(key)
     out = []
-    for j, raw in enumerate(text.splitlines()):
+    for j, raw in enumerate(toml_lines(text)):
         line = raw.split("#", 1)[0]
         if not line.strip():
             continue
@@ -264,6 +252,7 @@ class _Grammar:
     name: str
     description: str
     rules: tuple
+    priors: dict  # [prior.VAR] tables read (None where a table has problems)
 
     def construct(self, fn, *args, _key="kind", **kw):
         """Builds the language; raises every problem of the file and of the construction."""
@@ -275,8 +264,13 @@ class _Grammar:
             known = {p.message for p in problems}
             raise GrammarError(problems + [p if p.location else Problem(p.message, p.fix, where)
                                            for p in e.problems if p.message not in known]) from None
-        except Exception as e:  # wrong types from the file reach the constructor
-            raise GrammarError(problems + [Problem(f"{type(e).__name__}: {e}",
+        except MemoryError:
+            raise GrammarError(problems + [Problem(
+                "the grammar is too large: building it ran out of memory",
+                "make it smaller (fewer states, pairs or rules, or a smaller prior max)",
+                src.locate(_key))]) from None
+        except Exception as e:  # noqa: BLE001 - a value the checks let through: never a traceback
+            raise GrammarError(problems + [Problem(f"{type(e).__name__}: {show(str(e))}",
                                                    "check the values' types", src.locate(_key))])
         if problems:
             raise GrammarError(problems)
@@ -290,57 +284,62 @@ NEEDS = {"counter": ["alphabet", "blocks", "prior"], "dyck": ["pairs", "prior"],
 
 
 def _common(doc: dict, src: Source) -> _Grammar:
-    """The checks every kind shares: kind, unknown and missing keys, rules, alphabet."""
+    """The checks every kind shares: kind, unknown and missing keys, the types of the values,
+    rules, alphabet. Wrong types stop here, with every problem found so far."""
     problems: list[Problem] = []
     kind = doc.get("kind")
-    if kind not in KEYS:
-        raise GrammarError(Problem(f"kind={kind!r} is not a grammar kind",
+    if not isinstance(kind, str) or kind not in KEYS:
+        raise GrammarError(Problem(f"kind={show(kind)} is not a grammar kind",
                                    f"set kind to one of {sorted(KEYS)}", src.locate("kind")))
     for k in sorted(set(doc) - KEYS[kind]):
         problems.append(Problem(f"key {k!r} is not used by kind={kind!r}",
                                 f"remove it; this kind reads {sorted(KEYS[kind])}", src.locate(k)))
-    name = doc.get("name") or Path(src.path).stem
+    typed = value_problems(doc, src, sorted(KEYS[kind]))
+    problems += typed
+    name = doc.get("name") if isinstance(doc.get("name"), str) else ""
+    name = name or Path(src.path).stem
     description = doc.get("description", "")
     rules = _rules(doc, src, problems)
+    priors = {v: _prior(spec, src, ("prior", v), problems)
+              for v, spec in doc.get("prior", {}).items()} \
+        if "prior" in KEYS[kind] and isinstance(doc.get("prior"), dict) else {}
     missing = [k for k in NEEDS[kind] if k not in doc]
     old_pcfg = kind == "pcfg" and isinstance(doc.get("rules"), str)  # reported by _rules
     for k in ([] if old_pcfg else missing):
         problems.append(Problem(f"kind={kind!r} needs the key {k!r}", f"add {k} = ...",
                                 Location(src.path, 1, 1)))
-    if "alphabet" in doc:
-        if _expect(problems, src, doc["alphabet"], list, "alphabet", what="a list of symbols"):
-            loc = src.locate("alphabet")
-            problems += [Problem(p.message, p.fix, loc) for p in check_symbols(doc["alphabet"])]
-    if missing:
+    if "alphabet" in doc and conforms(doc["alphabet"], TOP_LEVEL["alphabet"]):
+        loc = src.locate("alphabet")
+        problems += [Problem(p.message, p.fix, loc) for p in check_symbols(doc["alphabet"])]
+        problems += size_problems("alphabet", len(doc["alphabet"]), loc)
+    if missing or typed:
         raise GrammarError(problems)
-    return _Grammar(doc, src, problems, kind, name, description, rules)
+    return _Grammar(doc, src, problems, kind, name, description, rules, priors)
+
+
+def size_problems(what: str, size: int, loc) -> list[Problem]:
+    """A problem when a grammar file's alphabet is larger than ``limits.MAX_ALPHABET_SIZE``."""
+    if size <= limits.MAX_ALPHABET_SIZE:
+        return []
+    return [Problem(f"the {what} has {size} symbols, more than the limit of "
+                    f"{limits.MAX_ALPHABET_SIZE}", "use fewer symbols, or raise "
+                    "formal_lm.limits.MAX_ALPHABET_SIZE (next-token tables grow with it)", loc)]
 
 
 def _build_counter(g: _Grammar) -> Language:
     from formal_lm.counter import Block, CounterLanguage
 
     doc, src, problems = g.doc, g.src, g.problems
-    before = len(problems)  # a bad block or prior stops here, with every problem gathered
+    before = len(problems)  # a bad block stops here, with every problem gathered
     blocks = []
-    if _expect(problems, src, doc["blocks"], list, "blocks", what="a list of [symbol, count]"):
-        for i, b in enumerate(doc["blocks"]):
-            if not (isinstance(b, list) and len(b) == 2):
-                problems.append(Problem(f"blocks[{i}]={b!r} is not [symbol, count]",
-                                        "write ['a', 'n']", src.locate("blocks")))
-                continue
-            c = _count(b[1], src, i, problems)
-            if c:
-                blocks.append(Block(b[0], *c))
-    priors = {}
-    if _expect(problems, src, doc["prior"], dict, "prior", what="tables [prior.VAR]"):
-        for v, spec in doc["prior"].items():
-            p = _prior(spec, src, ("prior", v), problems)
-            if p is not None:
-                priors[v] = p
-    if len(problems) > before:
+    for i, b in enumerate(doc["blocks"]):  # [symbol, count] pairs (checked by _common)
+        c = _count(b[1], src, i, problems)
+        if c:
+            blocks.append(Block(b[0], *c))
+    priors = {v: p for v, p in g.priors.items() if p is not None}
+    if len(problems) > before or len(priors) < len(g.priors):
         raise GrammarError(problems)
-    if isinstance(doc["alphabet"], list):
-        problems += _rule_problems(g, doc["alphabet"])  # at the rules' lines
+    problems += _rule_problems(g, doc["alphabet"])  # at the rules' lines
     return g.construct(CounterLanguage, g.name, blocks, priors, rules=g.rules,
                        alphabet=tuple(doc["alphabet"]), description=g.description, _key="blocks")
 
@@ -349,15 +348,15 @@ def _build_dyck(g: _Grammar) -> Language:
     from formal_lm.dyck import DyckLanguage
 
     doc, src, problems = g.doc, g.src, g.problems
-    priors = doc["prior"]
-    if not isinstance(priors, dict) or set(priors) != {"n"}:
+    if set(g.priors) != {"n"}:
         problems.append(Problem("a dyck grammar takes one prior, [prior.n], over the number "
                                 "of bracket pairs", "write [prior.n]", src.locate("prior")))
         raise GrammarError(problems)
-    prior = _prior(priors["n"], src, ("prior", "n"), problems)
-    if g.rules:
+    prior = g.priors["n"]
+    if doc.get("rules"):
         problems.append(Problem("a dyck grammar's rules are implied by its pairs",
                                 "remove the [rules.*] tables", src.locate("rules")))
+    problems += size_problems("list of brackets", 2 * len(doc["pairs"]), src.locate("pairs"))
     if prior is None:
         raise GrammarError(problems)
     return g.construct(DyckLanguage, g.name, doc["pairs"], prior, nested=doc.get("nested", True),

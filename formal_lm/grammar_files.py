@@ -15,6 +15,11 @@ A prior table is ``kind = "uniform"`` with ``min``/``max``, or ``kind = "geometr
 ``min`` and optionally ``max``. A rule table is ``kind`` (see ``formal_lm.rules``), its keys, and
 an optional ``description``.
 
+Every key has one type (``formal_lm.grammar_schema``: a boolean is not a number or a string, a
+string is not a boolean, a table is not a value), checked where it is read and reported at the
+key's own line; sizes past the limits of ``formal_lm.limits`` are refused before any work. Lines
+are TOML's (only ``\n`` and ``\r\n`` end one). docs/grammars.md lists the types and limits.
+
 Where ``load`` finds a grammar:
 
 - A shipped name (``load("anbn")``; ``shipped()`` lists them): the grammar files in the
@@ -40,8 +45,10 @@ import tomllib
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem
-from formal_lm.grammar_build import Source, build
+from formal_lm.grammar_build import build
+from formal_lm.grammar_schema import Source, depth_problem, toml_lines
 from formal_lm.language import Language
 
 SEARCH_PATH_VAR = "FORMAL_LM_GRAMMAR_PATH"
@@ -54,23 +61,39 @@ def loads(text: str, *, path: str = "<string>") -> Language:
     Raises:
         GrammarError: listing every problem found, each with file:line:column.
     """
+    if not isinstance(text, str):
+        raise GrammarError(Problem(f"loads takes the text of a grammar file (a str), not "
+                                   f"{type(text).__name__}",
+                                   "decode bytes first (text.decode('utf-8')), or use load(path)"))
     src = Source(text, path)
+    doc = _parse_toml(text, path)
+    if (problem := depth_problem(doc, src)) is not None:
+        raise GrammarError(problem)
+    if isinstance(doc.get("rules"), str) and doc.get("kind") != "pcfg":
+        raise GrammarError(Problem("rules is a string, which only kind = 'pcfg' reads",
+                                   "use [rules.NAME] tables", src.locate("rules")))
+    return build(doc, src)
+
+
+def _parse_toml(text: str, path: str) -> dict:
+    """The TOML document, or a GrammarError at the line and column of the syntax error."""
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         if m:
             loc = Location(path, int(m.group(1)), int(m.group(2)))
         else:  # "at end of document"
-            lines = text.splitlines() or [""]
+            lines = toml_lines(text)
             loc = Location(path, len(lines), len(lines[-1]) + 1)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise GrammarError(Problem(f"malformed TOML: {msg}",
                                    "check quotes, brackets and '=' on that line", loc)) from None
-    if isinstance(doc.get("rules"), str) and doc.get("kind") != "pcfg":
-        raise GrammarError(Problem("rules is a string, which only kind = 'pcfg' reads",
-                                   "use [rules.NAME] tables", src.locate("rules")))
-    return build(doc, src)
+    except RecursionError:
+        raise GrammarError(Problem(
+            f"{path}: arrays or tables are nested too deeply for the TOML parser",
+            f"a grammar nests lists two deep at most (the limit is {limits.MAX_NESTING_DEPTH})",
+            Location(path, 1, 1))) from None
 
 
 def _shipped_folder() -> Traversable | None:
@@ -165,8 +188,12 @@ def _read(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise FormalLMError(Problem(f"grammar file {where} is not UTF-8 text (byte {e.start})",
-                                    "save it as UTF-8")) from None
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise GrammarError(Problem(f"grammar file {where} is not UTF-8 text: byte {e.start} "
+                                   f"({data[e.start]:#04x}) cannot be decoded",
+                                   "save the file as UTF-8", Location(str(path), line, column))
+                           ) from None
 
 
 def load(name_or_path: str | os.PathLike) -> Language:

@@ -3,7 +3,7 @@
 A family (PFSA, PCFG, counter, Dyck) implements a handful of exact primitives:
 
 - ``log_prob(s)`` and ``prefix_log_prob(p)`` (natural log; ``-inf`` when impossible),
-- ``sample(n, seed=..., length=...)``,
+- ``_sample(n, seed=..., length=...)`` (``sample`` checks the arguments, then calls it),
 - ``entropy()`` and ``expected_length()``,
 - ``length_stats(max_length)``: per length L, P(|s| = L), E[-ln p(s); |s| = L] and
   E[-ln p(EOS | s); |s| = L] (``None`` for what a family cannot compute exactly).
@@ -21,11 +21,26 @@ from typing import Literal
 
 import numpy as np
 
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, Problem, ZeroProbabilityPrefix
 from formal_lm.rules import Rule
 from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID, String, Vocab
 
 TAIL_TOLERANCE = 1e-13
+
+
+def check_count(what: str, value, limit: int | None = None, fix: str = "") -> int:
+    """``value`` as an int when it is an integer (not a bool) in 0..``limit``; else a
+    FormalLMError naming ``what`` and the value."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise FormalLMError(Problem(f"{what}={value!r} is not an integer "
+                                    f"({type(value).__name__})", fix or "pass an int >= 0"))
+    if value < 0 or (limit is not None and value > limit):
+        top = f" <= {limit}" if limit is not None else ""
+        raise FormalLMError(Problem(f"{what}={value!r} must be an integer >= 0{top}",
+                                    fix or (f"pass an int in 0..{limit}" if limit is not None
+                                            else "pass an int >= 0")))
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +143,40 @@ class Language(abc.ABC):
     def prefix_log_prob(self, p) -> float:
         """Exact ln P(a string starts with p)."""
 
-    @abc.abstractmethod
     def sample(self, n: int, *, seed: int = 0, length: int | None = None) -> list[String]:
-        """``n`` exact samples (optionally conditioned on ``|s| = length``), from ``seed``."""
+        """``n`` exact samples (optionally conditioned on ``|s| = length``), from ``seed``.
+
+        ``n`` is an int in 0..``limits.MAX_SAMPLES`` (``sample(0)`` is ``[]``), ``seed`` an int
+        >= 0, ``length`` None or an int in 0..``limits.MAX_SAMPLE_LENGTH`` that some string has.
+
+        Raises:
+            FormalLMError: any other argument, or a length with probability 0 ("no strings of
+                length L").
+        """
+        n = check_count("n", n, limits.MAX_SAMPLES, f"pass an int in 0..{limits.MAX_SAMPLES} "
+                        "(formal_lm.limits.MAX_SAMPLES)")
+        seed = check_count("seed", seed, fix="pass an int >= 0, e.g. seed=0")
+        if length is not None:
+            length = check_count("length", length, limits.MAX_SAMPLE_LENGTH,
+                                 f"pass None or an int in 0..{limits.MAX_SAMPLE_LENGTH} "
+                                 "(formal_lm.limits.MAX_SAMPLE_LENGTH)")
+        if n == 0:
+            if length is not None:  # the length is still checked: it must be possible
+                self._sample(1, seed=seed, length=length)
+            return []
+        return self._sample(n, seed=seed, length=length)
+
+    @abc.abstractmethod
+    def _sample(self, n: int, *, seed: int, length: int | None) -> list[String]:
+        """``n`` >= 1 exact samples; the arguments are checked (see ``sample``). A family raises
+        ``FormalLMError`` ("no strings of length L") for a length with probability 0."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        # A subclass written before ``_sample`` (it overrides ``sample`` itself) still works.
+        if "sample" in cls.__dict__ and "_sample" not in cls.__dict__:
+            cls._sample = lambda self, n, *, seed, length: cls.sample(self, n, seed=seed,
+                                                                       length=length)
 
     @abc.abstractmethod
     def entropy(self) -> float:
@@ -213,9 +259,7 @@ class Language(abc.ABC):
     def _probs_buffer(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """Checks a [B, T] batch of ids (every row starts with BOS) and returns it with a zeroed
         [B, T, V] output array."""
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise FormalLMError(f"ids must be a [B, T] array of token ids, got shape {ids.shape}")
+        ids = self.vocab.check_ids(ids, 2)
         bad = np.flatnonzero(ids[:, 0] != BOS_ID) if ids.shape[1] else np.arange(len(ids))
         if len(bad):
             raise FormalLMError(Problem(f"row {bad[0]} of ids does not start with BOS ({BOS_ID})",

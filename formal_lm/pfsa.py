@@ -3,7 +3,12 @@
 Arrays: ``T[a]`` is the [S, S] matrix of arc probabilities for symbol a, ``rho`` the [S] halting
 probabilities, ``init`` the [S] start distribution; every state's arcs and halting sum to 1.
 M = sum_a T[a]. The automaton is tight (halts with probability 1) iff the spectral radius of M
-is below 1 on the trimmed automaton. Expected state visits are init (I - M)^-1.
+is below 1 on its reachable part (unreachable states are kept but never run, so they need not
+be tight). Expected state visits are init (I - M)^-1, over the reachable states.
+
+Construction is cubic in the number of states S (a linear solve and the eigenvalues of [S, S]
+matrices; the unambiguity check explores pairs of states, at most 40,000) and the arc table is
+A x S x S floats: ``limits.MAX_PFSA_STATES`` and ``limits.MAX_PFSA_TABLE`` bound both.
 """
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ import math
 import networkx as nx
 import numpy as np
 
-from formal_lm.errors import FormalLMError, Location, Problem, raise_if
+from formal_lm import limits
+from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
 from formal_lm.language import Language, LengthStats
 from formal_lm.rules import Rule
 from formal_lm.vocab import EOS_ID, check_symbols
@@ -56,6 +62,7 @@ class PFSA(Language):
         self.states = tuple(states)
         idx = {q: i for i, q in enumerate(states)}
         S, A = len(states), len(self.alphabet)
+        _check_size(S, A)
         problems = check_symbols(self.alphabet)
         sym = {s: i for i, s in enumerate(self.alphabet)}
         T = np.zeros((A, S, S))
@@ -100,8 +107,19 @@ class PFSA(Language):
         self.entropy_is_exact = self.deterministic or self._unambiguous()
         with np.errstate(divide="ignore"):
             self._logT, self._logrho = np.log(T), np.log(rho)
-        self._visits = np.linalg.solve((np.eye(S) - self.M).T, init)  # init (I - M)^-1
+        self._visits = self._expected_visits()
         self._cum = None
+
+    def _expected_visits(self) -> np.ndarray:
+        """init (I - M)^-1, solved on the reachable states (the others are visited 0 times; an
+        unreachable part need not be tight)."""
+        S = len(self.states)
+        if len(self._reach) == S:
+            return np.linalg.solve((np.eye(S) - self.M).T, self.init)
+        r = np.array(sorted(self._reach), dtype=int)
+        out = np.zeros(S)
+        out[r] = np.linalg.solve((np.eye(len(r)) - self.M[np.ix_(r, r)]).T, self.init[r])
+        return out
 
     def _check_graph(self, locations):
         S = len(self.states)
@@ -121,8 +139,11 @@ class PFSA(Language):
                 f"state {self.states[q]} is reachable but can never halt, so probability leaks "
                 "(the automaton is not tight)", "add a path from it to a halting state or remove it",
                 locations.get(("state", self.states[q]))))
-        if not problems:
-            radius = max(abs(np.linalg.eigvals(self.M))) if S else 0.0
+        self._reach = reach
+        if not problems:  # tightness of the reachable part: unreachable states never run
+            r = sorted(reach)
+            sub = self.M if len(r) == S else self.M[np.ix_(r, r)]
+            radius = max(abs(np.linalg.eigvals(sub))) if S else 0.0
             if radius >= 1 - 1e-12:
                 problems.append(Problem(f"spectral radius of the transition matrix is "
                                         f"{radius:.6g} >= 1: the automaton is not tight",
@@ -246,7 +267,7 @@ class PFSA(Language):
         return table[states]
 
     # ----- sampling ---------------------------------------------------------------------------------
-    def sample(self, n: int, *, seed: int = 0, length: int | None = None):
+    def _sample(self, n: int, *, seed: int, length: int | None):
         rng = np.random.default_rng(seed)
         S, A = len(self.states), len(self.alphabet)
         state = rng.choice(S, size=n, p=self.init)
@@ -272,8 +293,10 @@ class PFSA(Language):
             bounds = np.cumsum(np.bincount(who, minlength=n))[:-1]
             return [tuple(x) for x in np.split(syms, bounds)]
         beta = self._log_backward(length)  # beta[k][q] = ln P(exactly k more symbols, halt | q)
-        start_w = np.log(np.where(self.init > 0, self.init, 1e-300)) + beta[length]
-        if not np.isfinite(start_w).any() or start_w.max() == -np.inf:
+        with np.errstate(divide="ignore"):
+            start_w = np.where(self.init > 0, np.log(np.where(self.init > 0, self.init, 1.0))
+                               + beta[length], -np.inf)
+        if not np.isfinite(start_w).any():
             raise FormalLMError(Problem(f"{self.name!r} has no strings of length={length}",
                                         "pick a length with P(|s| = length) > 0"))
         w = np.exp(start_w - start_w.max()) * (self.init > 0)
@@ -326,6 +349,21 @@ class PFSA(Language):
                 eos[L] = a @ halt_surprisal
             a = a @ self.M
         return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+
+
+def _check_size(S: int, A: int) -> None:
+    """A GrammarError when the automaton is larger than ``limits.MAX_PFSA_STATES`` or
+    ``limits.MAX_PFSA_TABLE``."""
+    if S > limits.MAX_PFSA_STATES:
+        raise GrammarError(Problem(f"the automaton has {S} states, more than the limit of "
+                                   f"{limits.MAX_PFSA_STATES}", "use fewer states, or raise "
+                                   "formal_lm.limits.MAX_PFSA_STATES (construction is cubic in "
+                                   "them)"))
+    if A * S * S > limits.MAX_PFSA_TABLE:
+        raise GrammarError(Problem(f"{A} symbols x {S} states x {S} states = {A * S * S} arc "
+                                   f"table entries, more than the limit of "
+                                   f"{limits.MAX_PFSA_TABLE}", "use fewer states or symbols, or "
+                                   "raise formal_lm.limits.MAX_PFSA_TABLE"))
 
 
 def dfa_to_pfsa(name: str, transitions: dict, start, accepting, *, alphabet, stop_prob: float,

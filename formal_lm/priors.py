@@ -8,6 +8,13 @@ import numpy as np
 
 from formal_lm.errors import Problem
 
+TAIL = 1e-13  # an unbounded prior's mass past its effective largest count (``largest``)
+
+
+def _is_int(x) -> bool:
+    """An integer that is not a bool (True is no count)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
 
 @dataclasses.dataclass(frozen=True)
 class Uniform:
@@ -17,7 +24,7 @@ class Uniform:
     max: int
 
     def problems(self) -> list[Problem]:
-        if not (isinstance(self.min, int) and isinstance(self.max, int)) or self.min < 0 \
+        if not (_is_int(self.min) and _is_int(self.max)) or self.min < 0 \
                 or self.max < self.min:
             return [Problem(f"uniform prior min={self.min!r}, max={self.max!r} has no support",
                             "use integers with 0 <= min <= max")]
@@ -25,6 +32,10 @@ class Uniform:
 
     @property
     def support_max(self) -> int:
+        return self.max
+
+    def largest(self) -> int:
+        """The largest count with positive probability."""
         return self.max
 
     def log_pmf(self, k) -> np.ndarray:
@@ -64,11 +75,12 @@ class Geometric:
 
     def problems(self) -> list[Problem]:
         out = []
-        if not (isinstance(self.p, (int, float)) and 0 < self.p <= 1):
+        if not (isinstance(self.p, (int, float)) and not isinstance(self.p, bool)
+                and 0 < self.p <= 1):
             out.append(Problem(f"geometric prior p={self.p!r} is not in (0, 1]",
                                "p is the probability of stopping at each count; use e.g. 0.3"))
-        if not isinstance(self.min, int) or self.min < 0 or (
-                self.max is not None and (not isinstance(self.max, int) or self.max < self.min)):
+        if not _is_int(self.min) or self.min < 0 or (
+                self.max is not None and (not _is_int(self.max) or self.max < self.min)):
             out.append(Problem(f"geometric prior min={self.min!r}, max={self.max!r} has no support",
                                "use integers with 0 <= min <= max"))
         return out
@@ -76,6 +88,16 @@ class Geometric:
     @property
     def support_max(self) -> int | None:
         return self.max
+
+    def largest(self) -> int:
+        """The largest count: ``max``, or without one the count past which less than 1e-13 of
+        the mass lies (where exact sums over counts stop)."""
+        if self.max is not None:
+            return self.max
+        if self.p == 1:
+            return self.min
+        steps = math.log(TAIL) / math.log1p(-self.p)  # inf for a p that rounds 1 - p to 1
+        return self.min + (math.ceil(steps) if steps < 1e18 else 10 ** 18)
 
     def _log_norm(self) -> float:
         if self.max is None or self.p == 1:

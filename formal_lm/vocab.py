@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, Problem
 
 EOS = "</s>"
@@ -37,7 +38,8 @@ def check_symbols(symbols: Sequence[str]) -> list[Problem]:
                                     f"rename it; {sorted(RESERVED)} are reserved"))
         elif s in seen:
             problems.append(Problem(f"symbol={s!r} is listed twice", "list each symbol once"))
-        seen.add(s)
+        else:
+            seen.add(s)
     return problems
 
 
@@ -75,10 +77,39 @@ class Vocab:
         return all(len(s) == 1 for s in self.symbols)
 
     def id(self, token: str) -> int:
+        """The id of a token (a symbol, or one of PAD, BOS, EOS)."""
+        if not isinstance(token, str) or token not in self._index:
+            raise FormalLMError(Problem(f"token={token!r} is not in the vocabulary {self.tokens}",
+                                        "pass one of the vocabulary's tokens (a str)"))
+        return self._index[token]
+
+    def check_ids(self, ids, ndim: int, what: str = "ids", values: bool = True) -> np.ndarray:
+        """``ids`` as an int64 array of ``ndim`` dimensions whose every value is an id of this
+        vocabulary (0..size-1); a FormalLMError names a bad value and its position."""
         try:
-            return self._index[token]
-        except KeyError:
-            raise FormalLMError(f"token={token!r} is not in the vocabulary {self.tokens}") from None
+            arr = np.asarray(ids)
+        except (ValueError, TypeError) as e:
+            raise FormalLMError(Problem(f"{what} is not an array of token ids: {e}",
+                                        "pass a list or array of ints")) from None
+        if arr.size == 0 and arr.dtype.kind not in "iu" and arr.ndim == ndim:
+            return arr.astype(np.int64)  # [] or [[]]: nothing to check
+        if arr.ndim != ndim:
+            raise FormalLMError(Problem(f"{what} must have {ndim} dimension(s), got shape "
+                                        f"{arr.shape}", "pass " + ("a list of ids" if ndim == 1
+                                                                   else "a [B, T] array of ids")))
+        if arr.dtype.kind not in "iu":
+            raise FormalLMError(Problem(f"{what} must be integer token ids, got dtype "
+                                        f"{arr.dtype}", "pass ints (lang.vocab.batch makes them)"))
+        bad = np.argwhere((arr < 0) | (arr >= self.size)) if values else ()
+        if len(bad):
+            pos = tuple(int(i) for i in bad[0])
+            where = pos[0] if ndim == 1 else pos
+            raise FormalLMError(Problem(
+                f"{what}[{', '.join(map(str, pos))}]={int(arr[tuple(bad[0])])} is not a token id "
+                f"of this vocabulary (0..{self.size - 1})",
+                f"ids are PAD={PAD_ID}, BOS={BOS_ID}, EOS={EOS_ID} and 3..{self.size - 1} for the "
+                f"symbols (bad id at position {where})"))
+        return arr.astype(np.int64)
 
     @property
     def _index(self) -> dict[str, int]:
@@ -96,12 +127,20 @@ class Vocab:
                     f"string={s!r} given as str, but symbols {self.symbols} are not all one character",
                     "pass a tuple of symbols"))
             s = tuple(s)
+        elif isinstance(s, (bytes, dict, set, frozenset)) or not isinstance(s, Iterable):
+            raise FormalLMError(Problem(f"string={s!r} is not a string: a {type(s).__name__}",
+                                        "pass a tuple of symbols (or a str of one-character "
+                                        "symbols)"))
         else:
             s = tuple(s)
-        bad = [x for x in s if x not in self._index or self._index[x] < 3]
+        bad = [(i, x) for i, x in enumerate(s)
+               if not isinstance(x, str) or x not in self._index or self._index[x] < 3]
         if bad:
-            raise FormalLMError(Problem(f"symbol={bad[0]!r} in string {s!r} is not in the alphabet "
-                                        f"{self.symbols}", "use only the language's symbols"))
+            i, x = bad[0]
+            shown = s if len(s) <= 20 else f"{s[:20]!r}... ({len(s)} symbols)"
+            raise FormalLMError(Problem(f"symbol={x!r} at position {i} of string {shown} is not in "
+                                        f"the alphabet {self.symbols}",
+                                        "use only the language's symbols"))
         return s
 
     def encode(self, s, *, bos: bool = True, eos: bool = True) -> np.ndarray:
@@ -109,9 +148,17 @@ class Vocab:
         return np.array(([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else []), np.int32)
 
     def decode(self, ids: Iterable[int]) -> String:
-        """Symbols up to the first EOS (or PAD); BOS is skipped."""
+        """Symbols up to the first EOS (or PAD); BOS is skipped.
+
+        Every id before that must be one of the vocabulary (0..size-1): another value is a
+        FormalLMError naming it and its position (a negative id is never read as EOS).
+        """
         out = []
-        for i in np.asarray(ids).tolist():
+        arr = self.check_ids(ids, 1, values=False)
+        stop = np.flatnonzero((arr == EOS_ID) | (arr == PAD_ID))
+        if len(stop):
+            arr = arr[: stop[0]]  # ids after the end are not read (a model's output may hold any)
+        for i in self.check_ids(arr, 1).tolist():
             if i == BOS_ID:
                 continue
             if i in (EOS_ID, PAD_ID):
@@ -121,10 +168,26 @@ class Vocab:
 
     def batch(self, strings: Iterable, *, length: int | None = None, bos: bool = True,
               eos: bool = True) -> np.ndarray:
-        """Encodes strings into one right-padded int32 array [B, T]."""
+        """Encodes strings into one right-padded int32 array [B, T].
+
+        ``length`` (None: the longest row) is an int in 0..``limits.MAX_SAMPLE_LENGTH + 2`` (the
+        longest string ``sample(n, length=L)`` takes, with BOS and EOS) that every row fits.
+        """
+        top = limits.MAX_SAMPLE_LENGTH + 2  # the longest sampled string, BOS and EOS
+        if length is not None and (isinstance(length, bool) or not isinstance(
+                length, (int, np.integer)) or not 0 <= length <= top):
+            raise FormalLMError(Problem(f"length={length!r} is not None or an int in 0..{top}",
+                                        "pass the row width, e.g. length=64"))
+        if isinstance(strings, (str, bytes)) or not isinstance(strings, Iterable):
+            raise FormalLMError(Problem(f"strings={strings!r} is not a list of strings",
+                                        "pass a list of strings: batch([('a', 'b'), ('a',)])"))
         rows = [self.encode(s, bos=bos, eos=eos) for s in strings]
-        width = max((len(r) for r in rows), default=0) if length is None else length
-        out = np.full((len(rows), width), PAD_ID, np.int32)
+        width = max((len(r) for r in rows), default=0) if length is None else int(length)
+        try:
+            out = np.full((len(rows), width), PAD_ID, np.int32)
+        except (MemoryError, ValueError):
+            raise FormalLMError(Problem(f"a [{len(rows)}, {width}] batch does not fit in memory",
+                                        "pass a smaller length")) from None
         for b, r in enumerate(rows):
             if len(r) > width:
                 raise FormalLMError(f"a string of {len(r)} tokens does not fit length={width}")

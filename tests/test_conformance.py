@@ -176,3 +176,29 @@ def test_next_token_probs_rejects_rows_without_bos(name):
     ids = lang.vocab.batch([lang.sample(1, seed=0)[0]])
     with pytest.raises(fl.FormalLMError, match="does not start with BOS"):
         lang.next_token_probs(ids[:, 1:])
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_sample_checks_its_arguments(name):
+    """sample is one template for every family: n, seed and length checked before any work."""
+    lang = fl.load(name)
+    assert lang.sample(0) == [] and lang.sample(0, seed=5) == []
+    assert lang.sample(2, seed=np.int64(3)) == lang.sample(2, seed=3)
+    for bad in (dict(n=-1), dict(n=True), dict(n=1.0), dict(n="2"), dict(n=2, seed=-1),
+                dict(n=2, seed=0.5), dict(n=2, length=-1), dict(n=2, length=2.5),
+                dict(n=2, length=True)):
+        n = bad.pop("n")
+        with pytest.raises(fl.FormalLMError):
+            lang.sample(n, **bad)
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_impossible_lengths_say_so(name):
+    lang = fl.load(name)
+    dist = lang.length_distribution(12)
+    for L in range(13):
+        if dist[L] == 0:
+            with pytest.raises(fl.FormalLMError, match="length"):
+                lang.sample(2, seed=0, length=L)
+        else:
+            assert all(len(s) == L for s in lang.sample(2, seed=0, length=L))

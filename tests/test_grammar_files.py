@@ -147,10 +147,13 @@ def test_cli_cpu_devices_is_checked(tmp_path, capsys):
 
     jax.numpy.zeros(1).block_until_ready()  # JAX has started in this test process
     config = str(ROOT / "configs" / "anbn-transformer.toml")
-    for n, needle in (("0", "must be at least 1"), ("2", "JAX_NUM_CPU_DEVICES")):
-        code = main(["train", config, "--out", str(tmp_path), "--cpu-devices", n])
-        err = capsys.readouterr().err
-        assert code == 2 and needle in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:  # out of range: argparse's usage error
+        main(["train", config, "--out", str(tmp_path), "--cpu-devices", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "0 is not in [1, 1024]" in err and "Traceback" not in err
+    code = main(["train", config, "--out", str(tmp_path), "--cpu-devices", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "JAX_NUM_CPU_DEVICES" in err and "Traceback" not in err
 
 
 def test_cli_inspect_prints_the_exact_optimal_loss():
@@ -475,3 +478,66 @@ def test_cli_output_cut_short_by_the_reader_ends_quietly(tmp_path):
                          timeout=120)
     assert out.stdout.startswith("anbn (CounterLanguage)")
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr
+
+
+# ----- typed values and limits (the adversarial audit) --------------------------------------
+@pytest.mark.parametrize("old,new,needle", [
+    ("max = 4", "max = true", "prior.n.max=true should be an integer, not a boolean"),
+    ("max = 4", "max = 4.0", "prior.n.max=4.0 should be an integer"),
+    ('name = "c"', "name = 5", "name=5 should be a string"),
+    ('alphabet = ["a", "b"]', 'alphabet = "ab"', "alphabet='ab' should be a list of strings"),
+    ('blocks = [["a", "n"], ["b", "n"]]', 'blocks = [["a", true], ["b", "n"]]', "blocks="),
+    ('kind = "uniform"', "kind = {x = 1}", "prior.n needs kind = one of"),
+])
+def test_a_value_of_the_wrong_type_is_an_error_at_its_own_line(old, new, needle):
+    text = COUNTER.replace(old, new)
+    _, msg = problems_of(text)
+    assert needle in msg, msg
+    line = int(msg.split("g.toml:")[1].split(":")[0])
+    assert new.split("=")[0].strip() in textwrap.dedent(text).split("\n")[line - 1], msg
+
+
+def test_every_type_problem_comes_at_once():
+    text = COUNTER.replace('name = "c"', "name = []").replace("min = 1", 'min = "1"') \
+        .replace("max = 4", "max = 4\n\n    [rules.R1]\n    kind = \"parity\"\n    symbol = \"a\"\n"
+                 "    even = \"no\"")
+    problems, msg = problems_of(text)
+    assert {"name=", "prior.n.min=", "rules.R1.even="} <= {p.message.split("[")[0].split("'")[0]
+                                                          .split("=")[0] + "=" for p in problems}
+
+
+def test_a_dyck_nested_given_as_a_string_is_an_error_not_a_nested_dyck():
+    text = (ROOT / "grammars" / "cs-dyck2.toml").read_text().replace("nested = false",
+                                                                      'nested = "false"')
+    with pytest.raises(fl.GrammarError, match="nested='false' should be true or false"):
+        fl.loads(text)
+
+
+def test_a_file_that_is_not_utf8_is_a_grammar_error_naming_it(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'name = "x"\nkind = "caf\xe9"\n')
+    with pytest.raises(fl.GrammarError) as info:
+        fl.load(path)
+    assert "bad.toml" in str(info.value) and "not UTF-8" in str(info.value)
+    assert info.value.problems[0].location.line == 2
+
+
+def test_cli_sample_an_impossible_length_and_inspect_zero_samples(capsys):
+    from formal_lm.cli import main
+
+    assert main(["sample", "tomita2", "--length", "3"]) == 2
+    assert "no strings of length=3" in capsys.readouterr().err
+    assert main(["inspect", "parity", "--samples", "0"]) == 0
+    assert main(["sample", "anbn", "-n", "0"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_limit_names_itself_and_can_be_raised(monkeypatch):
+    from formal_lm import limits
+
+    text = (ROOT / "grammars" / "cs-dyck2.toml").read_text().replace("max = 32", "max = 40")
+    monkeypatch.setattr(limits, "MAX_CROSSING_PAIRS", 32)
+    with pytest.raises(fl.GrammarError, match="formal_lm.limits.MAX_CROSSING_PAIRS"):
+        fl.loads(text)
+    monkeypatch.setattr(limits, "MAX_CROSSING_PAIRS", 40)
+    assert fl.loads(text).prior.max == 40

@@ -511,3 +511,38 @@ def test_toy_english_pp_attachment():
     vp_pp = 0.25 * 0.75 * 0.6 * 0.55 * 0.7 * 0.4 * 1.0 * 0.7 * 0.55 * 0.7 * 0.25
     np_pp = 0.75 * 0.6 * 0.15 * 0.55 * 0.7 * 0.4 * 1.0 * 0.7 * 0.55 * 0.7 * 0.25
     assert close(g.prob(s), 0.3 * (vp_pp + np_pp), rel=1e-12)
+
+
+def test_size_limits_are_checked_before_any_work():
+    """One rule of 300 terminals would build a 600-nonterminal binary grammar (minutes, GBs):
+    refused at once, at the rule, naming the limit."""
+    import time
+
+    from formal_lm import limits
+
+    text = "S -> " + " ".join(f"'t{i}'" for i in range(300)) + " [0.5] | [0.5]"
+    start = time.perf_counter()
+    with pytest.raises(GrammarError, match="MAX_RULE_LENGTH") as info:
+        PCFG.from_nltk(text, path="g.toml")
+    assert time.perf_counter() - start < 1 and info.value.problems[0].location.line == 1
+    wide = "S -> " + " | ".join(" ".join(f"'t{i}{j}'" for j in range(10)) + f" [{1 / 20}]"
+                                for i in range(20))
+    with pytest.raises(GrammarError, match="MAX_BINARY_NONTERMINALS"):
+        PCFG.from_nltk(wide)
+    assert limits.MAX_BINARY_NONTERMINALS == 128
+
+
+def test_long_strings_and_length_tables_are_refused_not_run_out_of_memory(monkeypatch):
+    from formal_lm import limits
+
+    g = PCFG.from_nltk("S -> 'a' S [0.5] | 'a' [0.5]")
+    monkeypatch.setattr(limits, "MAX_CHART_CELLS", 100)
+    with pytest.raises(FormalLMError, match="MAX_CHART_CELLS"):
+        g.log_prob("a" * 20)
+    with pytest.raises(FormalLMError, match="MAX_CHART_CELLS"):
+        g.next_token_probs(g.vocab.batch(["a" * 20]))
+    assert g.log_prob("a" * 5) == pytest.approx(5 * math.log(0.5))
+    with pytest.raises(FormalLMError, match="MAX_LENGTH_TABLE"):
+        g.length_stats(limits.MAX_LENGTH_TABLE + 1)
+    with pytest.raises(FormalLMError, match="MAX_LENGTH_TABLE"):
+        g.sample(1, length=limits.MAX_LENGTH_TABLE + 1)

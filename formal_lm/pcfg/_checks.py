@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from formal_lm import limits
 from formal_lm.errors import Location, Problem, raise_if
 from formal_lm.pcfg._normal_form import Production, partition_functions
 from formal_lm.vocab import RESERVED, check_symbols
@@ -206,6 +207,33 @@ def _tightness_problems(prods, locs, by_lhs, useful) -> list[Problem]:
         "those of the rules that finish", loc)]
 
 
+def _size_problems(prods, locs) -> list[Problem]:
+    """Limits on the grammar's size, checked before any work that grows with it."""
+    def limit(what, value, top, name, loc=None):
+        return [Problem(f"{what} {value}, more than the limit of {top}",
+                        f"make the grammar smaller, or raise formal_lm.limits.{name}", loc)]
+
+    out = []
+    long = [k for k, (_, rhs, _) in enumerate(prods) if len(rhs) > limits.MAX_RULE_LENGTH]
+    for k in long[:5]:
+        out += limit("a right-hand side of", f"{len(prods[k][1])} symbols", limits.MAX_RULE_LENGTH,
+                     "MAX_RULE_LENGTH", locs.get(k))
+    if len(prods) > limits.MAX_PRODUCTIONS:
+        out += limit("the grammar has", f"{len(prods)} productions", limits.MAX_PRODUCTIONS,
+                     "MAX_PRODUCTIONS")
+    nts = {lhs for lhs, _, _ in prods}
+    terminals = {x for _, rhs, _ in prods for x in rhs if x not in nts}
+    if len(terminals) > limits.MAX_TERMINALS:
+        out += limit("the grammar has", f"{len(terminals)} terminals", limits.MAX_TERMINALS,
+                     "MAX_TERMINALS")
+    inner = {x for _, rhs, _ in prods if len(rhs) >= 2 for x in rhs if x not in nts}
+    size = len(nts) + len(inner) + sum(len(rhs) - 2 for _, rhs, _ in prods if len(rhs) > 2)
+    if size > limits.MAX_BINARY_NONTERMINALS and not out:
+        out += limit("the internal binary grammar would have", f"{size} nonterminals",
+                     limits.MAX_BINARY_NONTERMINALS, "MAX_BINARY_NONTERMINALS")
+    return out
+
+
 def checked_rules(rules, start, alphabet, locations, lhs_locations,
                   problems) -> tuple[Rules, tuple[str, ...]]:
     """The rules and the alphabet of a valid grammar.
@@ -215,6 +243,8 @@ def checked_rules(rules, start, alphabet, locations, lhs_locations,
     """
     problems = list(problems)
     prods, locs = _well_formed(rules, locations, problems)
+    if size := _size_problems(prods, locs):  # before any work that grows with the size
+        raise_if(problems + size)
     g = _index(prods, locs, lhs_locations)
     prob_problems = _probability_problems(g)
     symbol_problems, alphabet = _symbol_problems(g, alphabet)

@@ -11,14 +11,15 @@ from typing import final
 
 import numpy as np
 
+from formal_lm import limits
 from formal_lm.errors import FormalLMError, Location, Problem, raise_if
-from formal_lm.language import Language, LengthStats
+from formal_lm.language import Language, LengthStats, check_count
 from formal_lm.pcfg._ambiguity import find_ambiguity, is_ll1
 from formal_lm.pcfg._charts import forward, inside_by_length, inside_chart, next_token_tables
 from formal_lm.pcfg._checks import checked_rules
 from formal_lm.pcfg._normal_form import Production, partition_functions, to_cnf
 from formal_lm.pcfg._notation import parse_nltk
-from formal_lm.vocab import BOS_ID, EOS_ID, PAD_ID, String
+from formal_lm.vocab import EOS_ID, PAD_ID, String
 
 
 def is_lr1(prods: Sequence[Production], nonterminals, start: str,
@@ -192,7 +193,25 @@ class PCFG(Language):
 
     def _ids(self, s) -> np.ndarray:
         index = self._term_index
-        return np.array([index[x] for x in self._s(s)], dtype=np.int64)
+        ids = np.array([index[x] for x in self._s(s)], dtype=np.int64)
+        self._check_chart(len(ids))
+        return ids
+
+    def _check_chart(self, n: int) -> None:
+        """A FormalLMError when the inside chart of a string of ``n`` symbols would be larger
+        than ``limits.MAX_CHART_CELLS`` (the charts are O(n^2 N) in memory, O(n^3 N^3) in time)."""
+        cells = (n + 1) ** 2 * max(self._cnf.n, 1)
+        if cells > limits.MAX_CHART_CELLS:
+            raise FormalLMError(Problem(
+                f"a string of {n} symbols needs an inside chart of {cells} cells under "
+                f"{self.name!r}, more than the limit of {limits.MAX_CHART_CELLS}",
+                "use shorter strings, or raise formal_lm.limits.MAX_CHART_CELLS"))
+
+    def _check_length(self, what: str, L) -> int:
+        """``L`` for the length tables (an int in 0..``limits.MAX_LENGTH_TABLE``)."""
+        return check_count(what, L, limits.MAX_LENGTH_TABLE,
+                           f"pass an int in 0..{limits.MAX_LENGTH_TABLE}; the length tables are "
+                           "O(L^2 N^2) (formal_lm.limits.MAX_LENGTH_TABLE)")
 
     @property
     def _term_index(self) -> dict[str, int]:
@@ -201,7 +220,10 @@ class PCFG(Language):
         return self._cache["term"]
 
     def log_prob(self, s) -> float:
-        """Exact ln p(s) by the inside algorithm; ``-inf`` outside the language."""
+        """Exact ln p(s) by the inside algorithm; ``-inf`` outside the language.
+
+        Cubic in the length (O(n^3 N^3) time, O(n^2 N) memory): strings whose chart would pass
+        ``limits.MAX_CHART_CELLS`` are refused with a FormalLMError."""
         ids = self._ids(s)
         cnf = self._cnf
         n = len(ids)
@@ -239,19 +261,16 @@ class PCFG(Language):
         Same contract as ``Language.next_token_probs``; the charts of the batch are computed
         together (in chunks that bound memory).
         """
-        ids = np.asarray(ids)
+        ids, out = self._probs_buffer(ids)
         B, T = ids.shape
         V = self.vocab.size
-        out = np.zeros((B, T, V))
         if B == 0:
             return out
-        if T == 0 or np.any(ids[:, 0] != BOS_ID):
-            b = 0 if T == 0 else int(np.flatnonzero(ids[:, 0] != BOS_ID)[0])
-            raise FormalLMError(f"row {b} of ids does not start with BOS ({BOS_ID})")
         body = ids[:, 1:]
         stop = (body == EOS_ID) | (body == PAD_ID)
         lengths = np.where(stop.any(1), stop.argmax(1), T - 1)  # [B]
         n = int(lengths.max())
+        self._check_chart(n)
         syms = np.full((B, n), -1, np.int64)  # terminal indices, -1 padding
         for r in range(B):
             row = body[r, : lengths[r]].astype(np.int64) - 3
@@ -275,10 +294,11 @@ class PCFG(Language):
     def length_stats(self, max_length: int) -> LengthStats:
         """Exact P(|s| = L) and, for unambiguous grammars, E[-ln p(s); |s| = L], L <= max_length.
 
-        ``eos_surprisal`` is None (not computed for PCFGs).
+        ``eos_surprisal`` is None (not computed for PCFGs). Quadratic in the length: the tables
+        take O(max_length^2 N^2) time, so ``max_length`` is at most ``limits.MAX_LENGTH_TABLE``
+        (a FormalLMError past it; length-conditioned sampling shares the limit).
         """
-        if max_length < 0:
-            raise FormalLMError(f"max_length={max_length} must be >= 0")
+        max_length = self._check_length("max_length", max_length)
         cnf = self._cnf
         exact = self.entropy_is_exact
         I, J, cs = inside_by_length(cnf, max_length, expectation=exact)
@@ -297,7 +317,7 @@ class PCFG(Language):
         return LengthStats(prob, surprisal, None, tail)
 
     # ----- sampling ----------------------------------------------------------------------------
-    def sample(self, n: int, *, seed: int = 0, length: int | None = None) -> list[String]:
+    def _sample(self, n: int, *, seed: int, length: int | None) -> list[String]:
         """``n`` exact samples; with ``length=L``, exact samples conditioned on ``|s| = L``.
 
         Raises:
@@ -331,8 +351,7 @@ class PCFG(Language):
 
     def _sample_length(self, n: int, L: int, rng) -> list[String]:
         cnf = self._cnf
-        if L < 0:
-            raise FormalLMError(f"length={L} must be >= 0")
+        L = self._check_length("length", L)
         if L == 0:
             if cnf.eps <= 0:
                 raise FormalLMError(Problem(

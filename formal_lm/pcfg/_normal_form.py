@@ -195,7 +195,10 @@ def _useful_order(Bn: np.ndarray, useful: np.ndarray, S: int) -> list[int]:
 
 
 def to_cnf(productions, nts, alphabet, start) -> CNF:
-    """The weighted binary grammar of a validated, tight grammar, with its left-corner closure."""
+    """The weighted binary grammar of a validated, tight grammar, with its left-corner closure.
+
+    O(N^4) time and O(N^3) memory in the N nonterminals of the binary grammar (the unary
+    closure is folded into an [N, N, N] tensor): ``limits.MAX_BINARY_NONTERMINALS`` bounds N."""
     nt = {A: i for i, A in enumerate(nts)}
     term = {a: i for i, a in enumerate(alphabet)}
     eps, lex, un, bi, N0 = _binarise(productions, nt, term)

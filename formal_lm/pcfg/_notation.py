@@ -192,7 +192,8 @@ def parse_nltk(text: str, path: str, line_offset: int):
     together with the grammar's other problems once the syntax is fine.
     """
     reader = _Reader(path, line_offset)
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # \n, \r\n or \r end a line; U+2028 and the like do not (str.splitlines would; TOML does not)
+    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         reader.read_line(lineno, line)
     return (reader.prods, reader.locs, reader.lhs_locs, reader.problems,
             reader.reference_problems())

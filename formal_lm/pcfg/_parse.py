@@ -260,13 +260,18 @@ def viterbi_parse(g, s, *, max_length: int = MAX_PARSE_LENGTH) -> Parse | None:
         >>> round(p, 6)  # 1.0 * 0.6 * 0.5 * 0.5
         0.15
     """
-    s = _checked_string(g, s, max_length)
-    G = _Grammar(g)
-    best, pre = _chart(G, s)
-    root = (G.start, 0, len(s))
+    G, best, pre, root = _charted(g, s, max_length)
     if root not in best:
         return None
     return Parse(_viterbi_tree(G, best, pre, root), math.exp(best[root][0]))
+
+
+def _charted(g, s, max_length: int):
+    """(grammar tables, best chart, back-pointers, root item) of a checked string."""
+    s = _checked_string(g, s, max_length)
+    G = _Grammar(g)
+    best, pre = _chart(G, s)
+    return G, best, pre, (G.start, 0, len(s))
 
 
 def _edges(G: _Grammar, best: dict, pre: dict, node) -> list[tuple]:
@@ -352,22 +357,15 @@ def parses(g, s, *, max_parses: int = MAX_PARSES,
 
     Example:
         >>> from formal_lm.pcfg import PCFG
-        >>> g = PCFG.from_nltk('''
-        ... S -> A B [1.0]
-        ... A -> 'a' [0.6] | A 'a' [0.4]
-        ... B -> 'b' [0.5] | 'a' B [0.5]
-        ... ''')
-        >>> for tree, p in parses(g, "aab"):
+        >>> g = PCFG.from_nltk("S -> S S [0.3] | 'a' [0.7]")  # two bracketings of "aaa"
+        >>> for tree, p in parses(g, "aaa"):
         ...     print(tree, round(p, 6))
-        (S (A a) (B a (B b))) 0.15
-        (S (A (A a) a) (B b)) 0.12
-        >>> round(g.prob("aab"), 6)
-        0.27
+        (S (S a) (S (S a) (S a))) 0.03087
+        (S (S (S a) (S a)) (S a)) 0.03087
+        >>> round(g.prob("aaa"), 6)
+        0.06174
     """
-    s = _checked_string(g, s, max_length)
-    G = _Grammar(g)
-    best, pre = _chart(G, s)
-    root = (G.start, 0, len(s))
+    G, best, pre, root = _charted(g, s, max_length)
     if root not in best:
         return []
     edges, order = _forest(G, best, pre, root)

@@ -261,3 +261,40 @@ def test_analysis_needs_are_checked_before_training(tmp_path, change, needle):
     with pytest.raises(FormalLMError) as e:
         load_experiment(p)
     assert needle in str(e.value) and str(p) in str(e.value)
+
+
+def test_reported_statistics_agree_with_a_hand_analysis_of_results_csv(tiny_run):
+    """The equivalence and difference verdicts of results.json, recomputed from results.csv
+    with scipy alone: Welch TOST at the stated margin and an exact permutation test."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats as sps
+
+    _, out, res, _ = tiny_run
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    st = res["languages"]["anbn-short"]["statistics"]
+    loss, margin, alpha = st["loss_metric"], st["margin"], st["alpha"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["group"], []).append(r)
+    for pair in st["pairs"]:
+        x = np.array([float(r[loss]) for r in by[pair["a"]]])
+        y = np.array([float(r[loss]) for r in by[pair["b"]]])
+        vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        se = np.sqrt(vx + vy)
+        df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+        d = x.mean() - y.mean()
+        p = max(sps.t.sf((d + margin) / se, df), sps.t.cdf((d - margin) / se, df))
+        assert pair["loss"]["p"] == pytest.approx(p, rel=1e-9)
+        assert pair["loss"]["equivalent"] == (p < alpha)
+        for test in pair["ood"]:
+            xs = np.array([float(r[test["metric"]]) for r in by[pair["a"]]])
+            ys = np.array([float(r[test["metric"]]) for r in by[pair["b"]]])
+            pooled, n = np.concatenate([xs, ys]), len(xs)
+            obs = abs(xs.mean() - ys.mean())
+            diffs = [abs(pooled[list(c)].mean() - np.delete(pooled, list(c)).mean())
+                     for c in itertools.combinations(range(len(pooled)), n)]
+            perm = np.mean(np.array(diffs) >= obs - 1e-12)
+            assert test["test"]["permutation_p"] == pytest.approx(perm, rel=1e-12)
+            assert test["test"]["differs"] == (perm < alpha and test["test"]["can_reach_alpha"])

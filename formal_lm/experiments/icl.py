@@ -126,7 +126,10 @@ def _report(ex, out: Path, runs, records, refs, references, stats, timing, bins)
                                             refs[set_name]["bigram"].kl_by_position]])
         lines += [f"kl_bayes by input position ({set_name} automata; mean over seeds):", "",
                   *R.table(["group", *labels], rows), ""]
-    rows = [[n, *[f"{refs[s][n].ce:.4f} / {refs[s][n].kl_bayes:.4f} / {refs[s][n].kl_oracle:.4f}"
+    def nats(v: float) -> str:
+        return f"{v:.4f}" if np.isfinite(v) else "∞"
+
+    rows = [[n, *[" / ".join(nats(getattr(refs[s][n], f)) for f in ("ce", "kl_bayes", "kl_oracle"))
                   for s in ("heldout", "larger")]]
             for n in ("bayes", "oracle", "unigram", "bigram", "trigram")]
     lines += ["## References (CE / KL to Bayes-optimal / KL to the oracle, nats per token)", "",

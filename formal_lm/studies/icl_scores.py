@@ -117,13 +117,13 @@ def score_logq(ref: Reference, logq: np.ndarray, *, position_bins: Sequence[int]
     references and baselines themselves: no gap_closed)."""
     batch = ref.batch
     mask = batch.ids[:, 1:] != PAD_ID  # [N, T-1] real targets
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logq = np.maximum(logq, -1e30)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # a predictor with no mass on a token its reference allows is infinitely far from it
         ce = float(-np.take_along_axis(logq, batch.ids[:, 1:, None], -1)[..., 0][mask].mean())
         per_pos = token_kl(ref.bayes.rows, logq)  # [N, T-1]
         kl_b, se = kl_to_bayes(batch, logq, ref.bayes)
         kl_o = float(token_kl(batch.oracle, logq)[mask].mean())
-    q, allowed = np.exp(logq), batch.oracle > 0
+        q, allowed = np.exp(logq), batch.oracle > 0
     arg = np.take_along_axis(allowed, q.argmax(-1)[..., None], -1)[..., 0]
     pos = np.broadcast_to(np.arange(per_pos.shape[1]), per_pos.shape)
     edges = np.asarray(list(position_bins) + [per_pos.shape[1]])

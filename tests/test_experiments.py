@@ -71,6 +71,7 @@ bins = [[1, 16], [17, 24]]
 
 [statistics]
 loss_metric = "kl"
+saturation = 10.0   # a tiny run is nowhere near saturated: a regime that lets every seed in
 
 [published]
 citation = "Someone et al. 2024"
@@ -298,3 +299,24 @@ def test_reported_statistics_agree_with_a_hand_analysis_of_results_csv(tiny_run)
             perm = np.mean(np.array(diffs) >= obs - 1e-12)
             assert test["test"]["permutation_p"] == pytest.approx(perm, rel=1e-12)
             assert test["test"]["differs"] == (perm < alpha and test["test"]["can_reach_alpha"])
+
+
+def test_a_strict_regime_leaves_unsaturated_seeds_out_of_every_claim(tiny_run, tmp_path):
+    """With the default saturation threshold (0.01 nats/token) no seed of the tiny run is in
+    the regime: the report lists each with its KL, the summary has no rows, and no statistical
+    claim is made."""
+    import shutil
+    path, out, res, _ = tiny_run
+    strict = tmp_path / "strict.toml"
+    strict.write_text(TINY.replace("saturation = 10.0", "saturation = 0.01"))
+    shutil.copytree(out, tmp_path / "out")
+    again = run_experiment(strict, tmp_path / "out", progress=False)
+    lang = again["languages"]["anbn-short"]
+    assert lang["regime"]["in_regime"] == [] and len(lang["regime"]["left_out"]) == 4
+    assert lang["statistics"] is None
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Regime: saturated seeds only" in report and "0/2" in report
+    assert "too few to test" in report and "**Finding.**" not in report
+    for group, seed in lang["regime"]["left_out"]:
+        kl = records(again)[(group, seed)]["saturation"]["measures"]["kl"]
+        assert kl >= 0.01 and f"seed {seed}: {kl:.3g}" in report

@@ -24,7 +24,8 @@ from formal_lm.analysis import JaxModel, paired_sign_flip_test, saturation
 from formal_lm.analysis import measures as M
 from formal_lm.experiments import report as R
 from formal_lm.experiments.records import (Checkpoint, SeedRecord, compare, grouped, jsonable,
-                                           records_json, write_csv, write_json)
+                                           records_json, regime, regime_json, write_csv,
+                                           write_json)
 from formal_lm.experiments.runs import log, train_or_retrain
 from formal_lm.experiments.spec import Experiment, resolve_language
 from formal_lm.grammar_files import load
@@ -133,11 +134,11 @@ def run_finetune(ex: Experiment, out: Path, *, resume: bool = True, progress: bo
     for g, (m, _) in st.groups.items():
         log(progress, f"analyse {g}")
         records += _analyse_group(ex, g, pre[m], fin[g], langs, opts.get("eval_size", 256))
-    stats = compare(records, ex.statistics, seed=ex.eval_seed, tested=TESTED) \
-        if len(st.groups) > 1 else None
+    reg = regime(records, ex.statistics)  # pre-training saturated: start.kl below threshold
+    stats = compare(reg.inside, ex.statistics, seed=ex.eval_seed, tested=TESTED)
     timing = {"pre-training": t_pre, "fine-tuning": t_ft,
               "analysis": time.perf_counter() - t0 - t_pre - t_ft}
-    return _report(ex, out, pre, fin, records, langs, stats, timing)
+    return _report(ex, out, pre, fin, records, langs, reg, stats, timing)
 
 
 def _paired(ex: Experiment, records) -> list[list]:
@@ -159,7 +160,7 @@ def _paired(ex: Experiment, records) -> list[list]:
     return rows
 
 
-def _report(ex, out: Path, pre, fin, records, langs, stats, timing) -> dict:
+def _report(ex, out: Path, pre, fin, records, langs, reg, stats, timing) -> dict:
     st = ex.study
     head = ["start.cross_entropy", "start.kl", "finetuned.kl", "ood.kl", "retained.kl",
             "transfer.param_change"]
@@ -170,11 +171,12 @@ def _report(ex, out: Path, pre, fin, records, langs, stats, timing) -> dict:
         f"Pre-train on `{langs['pretrain'].name}`, fine-tune on `{langs['finetune'].name}`; OOD: "
         f"`{langs['ood'].name}`. The languages share one alphabet, so the fine-tuned model keeps "
         f"the pre-trained vocabulary. Groups: {groups}.", "",
-        "## Groups (mean ± std [95% t interval] over seeds)", "",
-        *R.summary_table(records, head), "", *R.descriptions(records, head), ""]
+        *R.regime_section(reg, ex.statistics.alpha),
+        "## Groups (mean ± std [95% t interval] over the seeds in the regime)", "",
+        *R.summary_table(reg.inside, head), "", *R.descriptions(records, head), ""]
     if stats is not None:
         lines += R.comparison_section(stats, "Equal pre-training loss, different fine-tuning?")
-    paired = _paired(ex, records)
+    paired = _paired(ex, reg.inside)
     if paired:
         lines += ["Paired by seed (groups that fine-tune the SAME pre-trained model, one of them "
                   "reparametrised): mean difference and exact two-sided sign-flip p.", "",
@@ -193,6 +195,7 @@ def _report(ex, out: Path, pre, fin, records, langs, stats, timing) -> dict:
                "checkpoint": ex.checkpoint,
                "languages": {k: v.name for k, v in langs.items()},
                "floors": {k: v.optimal_loss().per_token for k, v in langs.items()},
-               "records": records_json(records), "statistics": stats, "timing": dict(timing)}
+               "records": records_json(records), "regime": regime_json(reg), "statistics": stats,
+               "timing": dict(timing)}
     write_json(results, out / "results.json")
     return jsonable(results)

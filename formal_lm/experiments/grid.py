@@ -19,7 +19,7 @@ from pathlib import Path
 
 from formal_lm.analysis import (JaxModel, eos_model_fn, length_generalization, next_symbol_sets,
                                 rule_extrapolation, saturation)
-from formal_lm.experiments.records import Checkpoint, SeedRecord, compare
+from formal_lm.experiments.records import Checkpoint, SeedRecord, compare, regime
 from formal_lm.experiments.runs import log, train_or_retrain
 from formal_lm.experiments.spec import Experiment
 from formal_lm.grammar_files import load
@@ -147,9 +147,10 @@ def run_grid(ex: Experiment, out: Path, *, resume: bool = True, progress: bool =
             recs += analyze_cell(ex, c, lang, split)
         base = baselines(ex, lang, split) if "rule_extrapolation" in ex.analysis and lang.rules \
             else {}
-        stats = compare(recs, ex.statistics, seed=ex.eval_seed) if len(mine) > 1 else None
+        reg = regime(recs, ex.statistics)
+        stats = compare(reg.inside, ex.statistics, seed=ex.eval_seed)
         per_language[lang.name] = {"split": split, "baselines": base, "statistics": stats,
-                                   "optimal_loss": mine[0].result.optimal_loss}
+                                   "regime": reg, "optimal_loss": mine[0].result.optimal_loss}
         records += recs
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
     return write_grid_report(ex, out, cells, records, per_language, timing)

@@ -12,7 +12,7 @@ import numpy as np
 
 from formal_lm.experiments import report as R
 from formal_lm.experiments.records import (SeedRecord, grouped, jsonable, keys_where,
-                                           records_json, write_csv, write_json)
+                                           records_json, regime_json, write_csv, write_json)
 from formal_lm.experiments.spec import Experiment
 
 
@@ -162,10 +162,13 @@ def write_grid_report(ex: Experiment, out: Path, cells, records: list[SeedRecord
     out = Path(out)
     key = _first_tested(records)
     head = _headline(records)
+    inside = [r for info in per_language.values() for r in info["regime"].inside]
     lines = R.header(ex, timing) + _grid_table(ex, cells)
-    lines += ["## Summary (mean ± std [95% t interval] over seeds)", "",
-              *R.summary_table(records, head), "", *R.descriptions(records, head), ""]
-    lines += _baselines(per_language) + _published(ex, records, per_language, key)
+    for info in per_language.values():
+        lines += R.regime_section(info["regime"], ex.statistics.alpha)
+    lines += ["## Summary (mean ± std [95% t interval] over the seeds in the regime)", "",
+              *R.summary_table(inside, head), "", *R.descriptions(records, head), ""]
+    lines += _baselines(per_language) + _published(ex, inside, per_language, key)
     for lang, info in per_language.items():
         if info["statistics"] is not None:
             lines += R.comparison_section(info["statistics"], f"Same loss, different behaviour? "
@@ -186,6 +189,7 @@ def write_grid_report(ex: Experiment, out: Path, cells, records: list[SeedRecord
                "languages": {lang: {"optimal_loss": info["optimal_loss"],
                                     "ood_split": info["split"],
                                     "baselines": info["baselines"],
+                                    "regime": regime_json(info["regime"]),
                                     "statistics": info["statistics"]}
                              for lang, info in per_language.items()},
                "records": records_json(records), "timing": dict(timing)}

@@ -108,11 +108,59 @@ def resolve_key(records: Sequence[SeedRecord], key: str) -> str:
     return hits[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """The seeds a study's claims are about: those saturated (exact KL below the threshold).
+
+    Attributes:
+        metric: the measure compared with the threshold (None: every seed is in).
+        threshold: the saturation threshold, nats per token (None: every seed is in).
+        inside, outside: the records in and out of the regime.
+    """
+
+    metric: str | None
+    threshold: float | None
+    inside: tuple[SeedRecord, ...]
+    outside: tuple[SeedRecord, ...]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """{group: (seeds in the regime, seeds)}, groups in first-seen order."""
+        everyone = grouped(list(self.inside) + list(self.outside))
+        ins = grouped(self.inside)
+        return {g: (len(ins.get(g, [])), len(rs)) for g, rs in everyone.items()}
+
+
+def regime(records: Sequence[SeedRecord], stats: Statistics) -> Regime:
+    """Splits the records by the saturation regime of ``stats``."""
+    if stats.saturation is None or not stats.regime_metric:
+        return Regime(None, None, tuple(records), ())
+    key = resolve_key(records, stats.regime_metric)
+
+    def saturated(r):
+        v = r.value(key)
+        return v is not None and v < stats.saturation
+
+    return Regime(key, stats.saturation, tuple(r for r in records if saturated(r)),
+                  tuple(r for r in records if not saturated(r)))
+
+
+def regime_json(reg: Regime) -> dict:
+    """The regime as JSON: its rule and which (group, seed) are in and out."""
+    return {"metric": reg.metric, "threshold": reg.threshold,
+            "in_regime": [[r.group, r.seed] for r in reg.inside],
+            "left_out": [[r.group, r.seed] for r in reg.outside]}
+
+
 def compare(records: Sequence[SeedRecord], stats: Statistics, *, seed: int,
             tested: Sequence[str] | None = None):
-    """``analysis.compare_groups`` of the groups: loss equivalence at the margin, and a
-    difference test of each ``tested`` key (default: every measure marked ``tested`` that every
-    seed has)."""
+    """``analysis.compare_groups`` of the groups of ``records`` (pass the regime's ``inside``):
+    loss equivalence at the margin, and a difference test of each ``tested`` key (default:
+    every measure marked ``tested`` that every seed has). Groups with fewer than 2 seeds are
+    left out (the report says so); None when fewer than 2 groups remain."""
+    counts = {g: len(rs) for g, rs in grouped(records).items()}
+    records = [r for r in records if counts[r.group] >= 2]
+    if len({r.group for r in records}) < 2:
+        return None
     loss = resolve_key(records, stats.loss_metric)
     if tested is None:
         tested = [k for k in keys_where(records, lambda m: m.tested)

@@ -51,7 +51,7 @@ COMMON_TABLES = {"experiment", "train", "models", "analysis", "statistics", "pub
 KIND_TABLES = {"grid": {"objectives"}, "icl": {"family", "ood_family"},
                "finetune": {"pretrain", "finetune", "groups"}}
 EXPERIMENT_KEYS = {"name", "description", "kind", "checkpoint", "eval_seed", "languages"}
-STATISTICS_KEYS = {"loss_metric", "margin", "alpha"}
+STATISTICS_KEYS = {"loss_metric", "margin", "alpha", "saturation"}
 # Options of each analysis: (type, lower bound) — "int" >= bound, "num" > bound, "prob" in
 # (0, 1), "bool", "decoding", "lengths" ([lo, hi] with 1 <= lo <= hi), "bins" ([[lo, hi], ...]),
 # "ints" (an increasing list >= 0), "text".
@@ -86,11 +86,17 @@ class Statistics:
         margin: the equivalence margin in the loss metric's units; None: the documented default
             (one pooled seed-to-seed standard deviation, ``analysis.default_margin``).
         alpha: the level of every test.
+        saturation: the regime the claims are about: a seed enters the tables and the tests
+            only when its exact KL per token (``regime_metric``) is below this; None: every
+            seed (a study without an exact floor).
+        regime_metric: the measure compared with ``saturation``.
     """
 
     loss_metric: str
     margin: float | None
     alpha: float
+    saturation: float | None = None
+    regime_metric: str = "kl"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,7 +121,11 @@ def _floor(result) -> str:
 def cmd_run(args) -> None:
     use_cpu_devices(args.cpu_devices)
     from formal_lm.experiments import run_experiment
-    run_experiment(args.experiment, args.out, full=args.full, resume=not args.restart)
+    res = run_experiment(args.experiment, args.out, full=args.full, resume=not args.restart,
+                         cells=args.cell or (), shard=args.shard, report_only=args.report_only)
+    if "trained" in res:
+        print(f"trained {res['trained']}; merge with: formal-lm run {args.experiment} --out "
+              f"{args.out} --report-only")
 
 
 GRAMMAR_HELP = "a shipped grammar's name or a path to a grammar file"
@@ -140,6 +144,11 @@ def _add_writing_command(sub, name: str, help: str, fn, source: tuple[str, str],
     for flag, flag_help in flags.items():
         c.add_argument(flag, action="store_true", help=flag_help)
     c.add_argument("--cpu-devices", type=_count(1, 1024), metavar="N", help=CPU_DEVICES_HELP)
+    if name == "run":
+        c.add_argument("--cell", action="append", metavar="NAME",
+                       help="train only this cell (or ICL model), no report: one job of several")
+        c.add_argument("--shard", metavar="I/N",
+                       help="train only every N-th cell from the I-th (0-based), no report")
     c.set_defaults(fn=fn)
 
 
@@ -188,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
                          ("experiment", "an experiment file (TOML)"),
                          "output directory (report.md, results)",
                          {"--full": "the paper-sized variant (for a GPU)",
+                          "--report-only": "train nothing: report the runs that have finished "
+                                           "(merging jobs run with --cell/--shard)",
                           "--restart": "train every run again from scratch, replacing what is in --out"})
     return p
 

@@ -320,3 +320,25 @@ def test_a_strict_regime_leaves_unsaturated_seeds_out_of_every_claim(tiny_run, t
     for group, seed in lang["regime"]["left_out"]:
         kl = records(again)[(group, seed)]["saturation"]["measures"]["kl"]
         assert kl >= 0.01 and f"seed {seed}: {kl:.3g}" in report
+
+
+def test_cells_run_as_separate_jobs_then_merge(tiny_run, tmp_path):
+    """Each cell trained by its own process (as a cluster job array would), at the same time
+    into one output folder; the merging job reports what a single run reports, and a merge
+    before every cell has finished names the missing ones."""
+    import subprocess
+    import sys
+    path, _, res, _ = tiny_run
+    out = tmp_path / "out"
+    early = run_experiment(path, out, report_only=True, progress=False)
+    assert early["missing_cells"] == ["anbn-short.tf.normal", "anbn-short.tf.extrapolation"]
+    jobs = [subprocess.Popen([sys.executable, "-m", "formal_lm.cli", "run", str(path), "--out",
+                              str(out), "--shard", f"{i}/2"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for j in jobs:
+        _, err = j.communicate(timeout=600)
+        assert j.returncode == 0, err[-2000:]
+    merged = run_experiment(path, out, report_only=True, progress=False)
+    assert merged["missing_cells"] == [] and merged["records"] == res["records"]
+    with pytest.raises(FormalLMError, match="not units"):
+        run_experiment(path, out, cells=["nope"], progress=False)

@@ -25,6 +25,7 @@ from formal_lm.experiments.spec import Experiment
 from formal_lm.grammar_files import load
 from formal_lm.seeding import Stream, derive
 from formal_lm.training import load_models, train
+from formal_lm.training.train import finished_run
 from formal_lm.training.objectives import COMPLETION_OBJECTIVES, read_split
 
 
@@ -41,23 +42,39 @@ class Cell:
     result: object  # formal_lm.training.TrainResult
 
 
-def train_cells(ex: Experiment, out: Path, *, resume: bool, progress: bool) -> list[Cell]:
-    cells = []
-    grid = ex.study
-    for lang_name in grid.languages:
-        lang = load(lang_name)
-        for m in ex.models:
-            for o, obj in grid.objectives.items():
-                name = f"{lang.name}.{m}.{o}"
-                cfg = ex.train_config(m, language=lang_name, objective=obj)
-                run_dir = out / "runs" / name
-                log(progress, f"train {name}: {cfg.steps} steps x {len(cfg.seeds)} seeds")
-                res = train_or_retrain(
-                    lambda r, cfg=cfg, run_dir=run_dir: train(cfg, run_dir, resume=r,
-                                                              progress=progress),
-                    run_dir, resume=resume)
-                cells.append(Cell(name, lang_name, lang.name, m, o, run_dir, res))
-    return cells
+def cell_specs(ex: Experiment) -> list[tuple[str, str, str, str, str]]:
+    """(cell name, language as the file names it, the language's name, model, objective) for
+    every cell, in file order."""
+    out = []
+    for lang_name in ex.study.languages:
+        name = load(lang_name).name
+        out += [(f"{name}.{m}.{o}", lang_name, name, m, o)
+                for m in ex.models for o in ex.study.objectives]
+    return out
+
+
+def train_cells(ex: Experiment, out: Path, *, resume: bool, progress: bool,
+                only: set[str] | None = None, train_any: bool = True
+                ) -> tuple[list[Cell], list[str]]:
+    """(trained cells, names of cells without a finished run). ``only``: train just these;
+    ``train_any=False``: train nothing, take the finished runs (a job merging other jobs')."""
+    cells, missing = [], []
+    for name, lang_name, lang, m, o in cell_specs(ex):
+        if only is not None and name not in only:
+            continue
+        cfg = ex.train_config(m, language=lang_name, objective=ex.study.objectives[o])
+        run_dir = out / "runs" / name
+        if train_any:
+            log(progress, f"train {name}: {cfg.steps} steps x {len(cfg.seeds)} seeds")
+            res = train_or_retrain(
+                lambda r, cfg=cfg, run_dir=run_dir: train(cfg, run_dir, resume=r,
+                                                          progress=progress),
+                run_dir, resume=resume)
+        elif (res := finished_run(cfg, run_dir)) is None:
+            missing.append(name)
+            continue
+        cells.append(Cell(name, lang_name, lang, m, o, run_dir, res))
+    return cells, missing
 
 
 def heldout_split(ex: Experiment, cells: list[Cell], language: str):
@@ -130,17 +147,28 @@ def analyze_cell(ex: Experiment, cell: Cell, lang, split) -> list[SeedRecord]:
     return out
 
 
-def run_grid(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = True) -> dict:
-    """Trains, analyses and reports every cell; returns the results written to results.json."""
+def run_grid(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = True,
+             only: set[str] | None = None, train_any: bool = True, report: bool = True) -> dict:
+    """Trains, analyses and reports every cell; returns the results written to results.json.
+
+    ``only`` trains just those cells and ``report=False`` stops after training (one job of
+    several); ``train_any=False`` trains nothing and reports the cells whose runs have finished,
+    naming the missing ones (the job that merges).
+    """
     from formal_lm.experiments.grid_report import write_grid_report
     t0 = time.perf_counter()
-    cells = train_cells(ex, out, resume=resume, progress=progress)
+    cells, missing = train_cells(ex, out, resume=resume, progress=progress, only=only,
+                                 train_any=train_any)
+    if not report:
+        return {"experiment": ex.name, "trained": [c.name for c in cells]}
     t_train = time.perf_counter() - t0
     records, per_language = [], {}
     for lang_name in ex.study.languages:
+        mine = [c for c in cells if c.language == lang_name]
+        if not mine:
+            continue
         lang = load(lang_name)
         split = heldout_split(ex, cells, lang_name)
-        mine = [c for c in cells if c.language == lang_name]
         recs = []
         for c in mine:
             log(progress, f"analyse {c.name}")
@@ -153,4 +181,4 @@ def run_grid(ex: Experiment, out: Path, *, resume: bool = True, progress: bool =
                                    "regime": reg, "optimal_loss": mine[0].result.optimal_loss}
         records += recs
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
-    return write_grid_report(ex, out, cells, records, per_language, timing)
+    return write_grid_report(ex, out, cells, records, per_language, timing, missing)

@@ -136,6 +136,8 @@ def _plots(ex, out: Path, cells, records, per_language, key) -> list[str]:
                       for r in records if r.group == c.name
                       and r.value("checkpoint.step") is not None] for c in cells}
     floors = {c.name: per_language[c.language_name]["optimal_loss"] for c in cells}
+    if not cells:  # nothing has finished yet (a merge before the jobs are done)
+        return []
     plots = [R.curves_plot({c.name: c.run_dir for c in cells}, out / "training_curves.png",
                            floor=floors, marks=marks)]
     if key:
@@ -157,13 +159,18 @@ def _plots(ex, out: Path, cells, records, per_language, key) -> list[str]:
 
 
 def write_grid_report(ex: Experiment, out: Path, cells, records: list[SeedRecord],
-                      per_language: Mapping, timing: Mapping) -> dict:
+                      per_language: Mapping, timing: Mapping, missing: Sequence[str] = ()
+                      ) -> dict:
     """Writes report.md, results.csv, results.json and the plots; returns the results."""
     out = Path(out)
     key = _first_tested(records)
     head = _headline(records)
     inside = [r for info in per_language.values() for r in info["regime"].inside]
-    lines = R.header(ex, timing) + _grid_table(ex, cells)
+    lines = R.header(ex, timing)
+    if missing:
+        lines += ["**Missing cells** (no finished run in `runs/` yet; not in this report): "
+                  + ", ".join(f"`{m}`" for m in missing), ""]
+    lines += _grid_table(ex, cells)
     for info in per_language.values():
         lines += R.regime_section(info["regime"], ex.statistics.alpha)
     lines += ["## Summary (mean ± std [95% t interval] over the seeds in the regime)", "",
@@ -192,6 +199,7 @@ def write_grid_report(ex: Experiment, out: Path, cells, records: list[SeedRecord
                                     "regime": regime_json(info["regime"]),
                                     "statistics": info["statistics"]}
                              for lang, info in per_language.items()},
-               "records": records_json(records), "timing": dict(timing)}
+               "records": records_json(records), "missing_cells": list(missing),
+               "timing": dict(timing)}
     write_json(results, out / "results.json")
     return jsonable(results)

@@ -25,6 +25,7 @@ from formal_lm.experiments.spec import Experiment
 from formal_lm.seeding import Stream, derive
 from formal_lm.studies import icl, icl_scores
 from formal_lm.training import fit, load_models
+from formal_lm.training.loop import finished
 
 DEFAULTS = {"position_bins": [0, 8, 16, 32, 64], "ood_size": 256, "ngram_k": 0.5,
             "particles": 512, "runs": 8}
@@ -38,8 +39,31 @@ def eval_sets(ex: Experiment, eval_size: int, ood_size: int) -> dict[str, icl.IC
                                     seed=derive(ex.eval_seed, Stream.ICL_EVAL, 2))}
 
 
-def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = True) -> dict:
-    """Trains every model's seeds, scores them, writes the report; returns the results."""
+def train_models(ex: Experiment, out: Path, data, *, resume: bool, progress: bool,
+                 only: set[str] | None = None, train_any: bool = True):
+    """({model key: TrainResult}, keys without a finished run): see ``grid.train_cells``."""
+    runs, missing = {}, []
+    for m in ex.models:
+        if only is not None and m not in only:
+            continue
+        cfg = ex.train_config(m)
+        run_dir = out / "runs" / m
+        if not train_any:
+            if (res := finished(cfg, data, run_dir)) is None:
+                missing.append(m)
+            else:
+                runs[m] = res
+            continue
+        log(progress, f"train {m}: {cfg.steps} steps x {len(cfg.seeds)} seeds")
+        runs[m] = train_or_retrain(lambda r, cfg=cfg, run_dir=run_dir: fit(
+            cfg, data, run_dir, resume=r, progress=progress), run_dir, resume=resume)
+    return runs, missing
+
+
+def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = True,
+            only: set[str] | None = None, train_any: bool = True, report: bool = True) -> dict:
+    """Trains every model's seeds, scores them, writes the report; returns the results.
+    ``only``, ``train_any`` and ``report`` split the work over jobs as in ``grid.run_grid``."""
     t0 = time.perf_counter()
     opts = {**DEFAULTS, **ex.analysis.get("icl", {})}
     base_cfg = ex.train_config(next(iter(ex.models)))
@@ -47,13 +71,10 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
     data = icl.ICLData(ex.study.family, batch_size=base_cfg.batch_size,
                        pool_size=d.dataset_size, eval_size=d.eval_size, bucket=d.bucket,
                        eval_seed=ex.eval_seed)
-    runs = {}
-    for m in ex.models:
-        cfg = ex.train_config(m)
-        run_dir = out / "runs" / m
-        log(progress, f"train {m}: {cfg.steps} steps x {len(cfg.seeds)} seeds")
-        runs[m] = train_or_retrain(lambda r, cfg=cfg, run_dir=run_dir: fit(
-            cfg, data, run_dir, resume=r, progress=progress), run_dir, resume=resume)
+    runs, missing = train_models(ex, out, data, resume=resume, progress=progress, only=only,
+                                 train_any=train_any)
+    if not report:
+        return {"experiment": ex.name, "trained": list(runs)}
     t_train = time.perf_counter() - t0
     sets = eval_sets(ex, d.eval_size, opts["ood_size"])
     bins, V = list(opts["position_bins"]), data.vocab_size
@@ -77,7 +98,7 @@ def run_icl(ex: Experiment, out: Path, *, resume: bool = True, progress: bool = 
             records.append(SeedRecord(m, seed, results))
     stats = compare(records, ex.statistics, seed=ex.eval_seed)  # no exact floor: every seed
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
-    return _report(ex, out, runs, records, refs, references, stats, timing, bins)
+    return _report(ex, out, runs, records, refs, references, stats, timing, bins, missing)
 
 
 def _kl_plot(records, refs, out: Path) -> str:
@@ -104,10 +125,12 @@ def _kl_plot(records, refs, out: Path) -> str:
     return "icl_kl_by_string.png"
 
 
-def _report(ex, out: Path, runs, records, refs, references, stats, timing, bins) -> dict:
+def _report(ex, out: Path, runs, records, refs, references, stats, timing, bins,
+            missing=()) -> dict:
     fam, ood = ex.study.family, ex.study.ood_family
     head = keys_where(records, lambda m: m.headline)
-    lines = R.header(ex, timing) + [
+    lines = R.header(ex, timing) + ([f"**Missing models** (no finished run yet): {list(missing)}",
+                                     ""] if missing else []) + [
         f"Family: {fam.n_states} states, {fam.alphabet_size} symbols, density {fam.density}, "
         f"{fam.strings_per_sequence} strings per sequence (delimiter '|'), sequences cut at "
         f"{fam.max_length} tokens. Off-distribution test: {ood.n_states} states. The "

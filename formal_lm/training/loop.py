@@ -459,3 +459,23 @@ def _loop(run: _Run, files: _Files, hooks, seen_T: set) -> None:
                 files.save_last(run)
                 for h in hooks:
                     h.on_checkpoint(run.step, files.last)
+
+
+def finished(config: TrainConfig, data: TrainingData, run_dir: str | Path, *,
+             init=None) -> TrainResult | None:
+    """The result of the finished run in ``run_dir``, read from its last checkpoint without
+    training (for jobs that merge what other jobs trained); None when there is no run there,
+    it is unfinished, or another config, data or start produced it."""
+    files = _Files(run_dir, identity(config, data, init))
+    if not files.last.exists():
+        return None
+    meta, _ = ckpt.read(files.last)
+    if meta.get("identity") != files.identity:
+        return None
+    saturated = meta.get("saturated_at") or [None] * len(config.seeds)
+    if meta["step"] < config.steps and any(s is None for s in saturated):
+        return None
+    return TrainResult(files.dir, config.seeds, meta["step"], meta["last_lines"],
+                       meta["best_lines"], files.last, files.best, data.floor,
+                       data.floor_stderr, 0.0, 0, (), tuple(saturated))
+

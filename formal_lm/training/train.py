@@ -7,7 +7,7 @@ from pathlib import Path
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.training.config import TrainConfig
 from formal_lm.training.data import LanguageData
-from formal_lm.training.loop import TrainResult, fit
+from formal_lm.training.loop import TrainResult, finished, fit
 
 
 def resolve_language(config: TrainConfig):
@@ -47,3 +47,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False,
     lang = resolve_language(config)
     data = LanguageData(lang, config.data, config.batch_size, config.objective, split)
     return fit(config, data, run_dir, init=init, resume=resume, progress=progress, mesh=mesh)
+
+
+def finished_run(config: TrainConfig, run_dir: str | Path, *, init=None,
+                 split: dict | None = None) -> TrainResult | None:
+    """The result of a finished ``train`` run of ``config`` in ``run_dir``, without training
+    (see :func:`loop.finished`); None when it is absent, unfinished or stale."""
+    lang = resolve_language(config)
+    data = LanguageData(lang, config.data, config.batch_size, config.objective, split)
+    return finished(config, data, run_dir, init=init)
+

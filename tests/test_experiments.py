@@ -342,3 +342,34 @@ def test_cells_run_as_separate_jobs_then_merge(tiny_run, tmp_path):
     assert merged["missing_cells"] == [] and merged["records"] == res["records"]
     with pytest.raises(FormalLMError, match="not units"):
         run_experiment(path, out, cells=["nope"], progress=False)
+
+
+def test_per_language_overrides(tmp_path):
+    """A language's cells take its [per_language.NAME] overrides of [train] and of model
+    tables; unknown languages, unknown keys and a changed architecture are refused."""
+    p = tmp_path / "x.toml"
+    p.write_text(TINY + """
+[per_language.anbn-short.train]
+steps = 12
+[per_language.anbn-short.train.optimizer]
+lr = 0.02
+[per_language.anbn-short.models.tf]
+d_ff = 24
+""")
+    ex = load_experiment(p)
+    cfg = ex.train_config("tf", language="anbn-short")
+    assert cfg.steps == 12 and cfg.lr == 0.02 and cfg.model_config["d_ff"] == 24
+    assert cfg.batch_size == 8 and cfg.model_config["d_model"] == 8  # the rest as [train]
+    assert ex.train_config("tf").steps == 30  # elsewhere: [train] itself
+    p.write_text(TINY + """
+[per_language.dyck2.train]
+steps = 12
+[per_language.anbn-short.train]
+stepz = 3
+[per_language.anbn-short.models.tf]
+name = "lstm"
+""")
+    with pytest.raises(FormalLMError) as e:
+        load_experiment(p)
+    msg = str(e.value)
+    assert "per_language.dyck2" in msg and "stepz" in msg and "cannot change the architecture" in msg

@@ -136,7 +136,8 @@ def baselines(ex: Experiment, lang, split) -> dict:
 def analyze_cell(ex: Experiment, cell: Cell, lang, split) -> list[SeedRecord]:
     res = cell.result
     models = load_models(cell.run_dir, which=ex.checkpoint)
-    data = ex.train_config(cell.model).data  # longer strings than it holds are out of distribution
+    # longer strings than its training data held are out of distribution
+    data = ex.train_config(cell.model, language=cell.language).data
     tml = data.hi if data.hi is not None else data.max_length - 2
     out = []
     objective = ex.study.objectives[cell.objective]["name"]

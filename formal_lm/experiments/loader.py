@@ -208,7 +208,19 @@ def _grid(d, exp, train, chk: Checker) -> Grid:
     if len(splits) > 1:
         chk.bad("the completion objectives use different prompt_length/split_seed",
                 "give them the same values: every group is evaluated on one held-out split")
-    return Grid(tuple(x for x in languages if x), objectives)
+    per_language = {}
+    listed = [x for x in exp.get("languages", []) if isinstance(x, str)] \
+        if isinstance(exp.get("languages"), list) else []
+    for lang, t in chk.keys(d.get("per_language", {}), set(listed), "per_language").items():
+        t = chk.keys(t, {"train", "models"}, f"per_language.{lang}")
+        chk.keys(t.get("train", {}), TRAIN_KEYS, f"per_language.{lang}.train")
+        for m in chk.keys(t.get("models", {}), set(d.get("models", {})),
+                          f"per_language.{lang}.models"):
+            if "name" in t["models"][m]:
+                chk.bad(f"per_language.{lang}.models.{m}.name: a language cannot change the "
+                        "architecture", "give it its own [models.KEY] instead")
+        per_language[resolve_language(lang, chk.source)] = t
+    return Grid(tuple(x for x in languages if x), objectives, per_language)
 
 
 def _family(table, chk: Checker, where: str, max_length, base: Mapping | None = None):
@@ -282,11 +294,10 @@ def training_configs(ex: Experiment):
                for g, (m, _) in study.groups.items()])
 
 
-def _max_len(ex: Experiment, model: str) -> int | None:
-    """The longest sequence a model accepts (its ``max_len``), None when it has no limit."""
-    m = ex.models[model]
-    fields = {f.name: f.default for f in dataclasses.fields(CONFIGS[m["name"]])}
-    return m.get("max_len", fields.get("max_len"))
+def _max_len(cfg) -> int | None:
+    """The longest sequence a config's model accepts (its ``max_len``), None: no limit."""
+    fields = {f.name: f.default for f in dataclasses.fields(CONFIGS[cfg.model])}
+    return cfg.model_config.get("max_len", fields.get("max_len"))
 
 
 def _samples_fit(lang_name: str, n: int, max_len: int) -> bool:
@@ -295,15 +306,22 @@ def _samples_fit(lang_name: str, n: int, max_len: int) -> bool:
     return n * tail < 0.01
 
 
-def _needs(ex: Experiment) -> list[tuple[str, int, list[tuple[str, int]]]]:
-    """(what, tokens it needs, [(language, samples)]) for every analysis of the experiment."""
+def _runs(ex: Experiment):
+    """(phase, language or None, model key, TrainConfig) of every training run."""
+    study = ex.study
+    if isinstance(study, Grid):
+        return [("train", lang, m, ex.train_config(m, language=lang))
+                for lang in study.languages for m in ex.models]
+    if isinstance(study, ICL):
+        return [("train", None, m, ex.train_config(m)) for m in ex.models]
+    return [(phase, t["language"], m, ex.train_config(m, table=t, language=t["language"]))
+            for phase, t in (("pretrain", study.pretrain), ("finetune", study.finetune))
+            for m in {m for m, _ in study.groups.values()}]
+
+
+def _needs(ex: Experiment, lang: str | None) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """(what, tokens it needs, [(language, samples)]) for the analyses of a run on ``lang``."""
     a, study, out = ex.analysis, ex.study, []
-    tables = [("train", ex.train)] if not isinstance(study, Finetune) else [
-        ("pretrain", study.pretrain), ("finetune", study.finetune)]
-    for where, t in tables:
-        data = t.get("data", {}) if isinstance(t.get("data", {}), Mapping) else {}
-        out.append((f"{where}.data.max_length (training sequences)",
-                    data.get("max_length", 64), []))
     if isinstance(study, Grid):
         if "rule_extrapolation" in a:
             o = a["rule_extrapolation"]
@@ -317,7 +335,7 @@ def _needs(ex: Experiment) -> list[tuple[str, int, list[tuple[str, int]]]]:
         for name in ("saturation", "next_symbol_sets"):
             if name in a:
                 n = a[name].get("n", 512 if name == "saturation" else 256)
-                out.append((f"analysis.{name} samples", 0, [(x, n) for x in study.languages]))
+                out.append((f"analysis.{name} samples", 0, [(lang, n)]))
     elif isinstance(study, Finetune):
         n = a.get("transfer", {}).get("eval_size", 256)
         ood = resolve_language(a.get("transfer", {}).get("ood_language",
@@ -328,17 +346,19 @@ def _needs(ex: Experiment) -> list[tuple[str, int, list[tuple[str, int]]]]:
 
 
 def _check_lengths(ex: Experiment, chk: Checker) -> None:
-    """Every analysis fits every model's ``max_len``, checked before any training."""
-    for m in ex.models:
-        max_len = _max_len(ex, m)
+    """Every run's model ``max_len`` holds its training sequences and its analyses, checked
+    before any training."""
+    for phase, lang, m, cfg in _runs(ex):
+        max_len = _max_len(cfg)
         if not isinstance(max_len, int):
             continue
-        for what, tokens, samples in _needs(ex):
+        where, on = f"models.{m}.max_len={max_len}", f" (on {lang})" if lang else ""
+        needs = [(f"{phase}.data.max_length (training sequences)", cfg.data.max_length, [])]
+        for what, tokens, samples in needs + _needs(ex, lang):
             if tokens > max_len:
-                chk.bad(f"models.{m}.max_len={max_len} is shorter than {what}: {tokens} tokens",
+                chk.bad(f"{where} is shorter than {what}: {tokens} tokens{on}",
                         f"raise models.{m}.max_len to >= {tokens}, or shorten the analysis")
-            for lang, n in samples:
-                if not _samples_fit(lang, n, max_len):
-                    chk.bad(f"{what}: strings of {lang!r} longer than models.{m}.max_len="
-                            f"{max_len} tokens have non-negligible probability",
-                            f"raise models.{m}.max_len")
+            for lang_name, n in samples:
+                if not _samples_fit(lang_name, n, max_len):
+                    chk.bad(f"{what}: strings of {lang_name!r} longer than {where} tokens have "
+                            "non-negligible probability", f"raise models.{m}.max_len")

@@ -48,7 +48,7 @@ from formal_lm.training.config import TrainConfig, config_from_dict
 KINDS = ("grid", "icl", "finetune")
 CHECKPOINTS = ("best", "last")
 COMMON_TABLES = {"experiment", "train", "models", "analysis", "statistics", "published", "full"}
-KIND_TABLES = {"grid": {"objectives"}, "icl": {"family", "ood_family"},
+KIND_TABLES = {"grid": {"objectives", "per_language"}, "icl": {"family", "ood_family"},
                "finetune": {"pretrain", "finetune", "groups"}}
 EXPERIMENT_KEYS = {"name", "description", "kind", "checkpoint", "eval_seed", "languages"}
 STATISTICS_KEYS = {"loss_metric", "margin", "alpha", "saturation"}
@@ -101,10 +101,16 @@ class Statistics:
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """A grid of languages x models x objectives."""
+    """A grid of languages x models x objectives.
+
+    ``per_language`` holds, for a language as ``experiment.languages`` names it, overrides of
+    ``[train]`` (``train``) and of model tables (``models``) for that language's cells: the
+    learning rate, size or step budget one language needs to saturate.
+    """
 
     languages: tuple[str, ...]
     objectives: Mapping[str, Mapping]
+    per_language: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +162,14 @@ class Experiment:
 
     def train_config(self, model: str, *, table: Mapping | None = None, language=None,
                      objective: Mapping | None = None) -> TrainConfig:
-        """The training config of ``model`` trained with ``table`` (default ``[train]``)."""
-        d = copy.deepcopy(dict(self.train if table is None else table))
+        """The training config of ``model`` trained with ``table`` (default ``[train]``); for a
+        grid cell, its language's ``per_language`` overrides are merged in."""
+        over = {}
+        if isinstance(self.study, Grid) and language in self.study.per_language:
+            over = self.study.per_language[language]
+        d = merge(self.train if table is None else table, over.get("train", {}))
         d.pop("language", None)
-        d["model"] = copy.deepcopy(dict(self.models[model]))
+        d["model"] = merge(self.models[model], over.get("models", {}).get(model, {}))
         if objective is not None:
             d["objective"] = copy.deepcopy(dict(objective))
         d["language"] = language

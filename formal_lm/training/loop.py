@@ -191,8 +191,12 @@ class _Run:
                                                                jax.sharding.PartitionSpec()))
 
     def active(self):
-        """[K] float32: 1 for a seed that trains, 0 for one frozen at saturation."""
-        return self.shard(np.array([s is None for s in self.saturated_at], np.float32))
+        """[K] float32: 1 for a seed that trains, 0 for one frozen at saturation (placed once
+        per change, not once per step)."""
+        key = tuple(s is None for s in self.saturated_at)
+        if getattr(self, "_active", (None,))[0] != key:
+            self._active = (key, self.shard(np.array(key, np.float32)))
+        return self._active[1]
 
     def done(self) -> bool:
         """Every seed is frozen (saturation-aware stopping ends the run)."""

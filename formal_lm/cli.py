@@ -1,4 +1,4 @@
-"""The ``formal-lm`` command: grammars, inspect, sample, train, run.
+"""The ``formal-lm`` command: grammars, inspect, sample, export, train, run.
 
 Bad input ends with a message on stderr and exit status 2, never a traceback. Anything else
 that goes wrong is a bug: a short message with how to report it, exit status 1 (``--debug``
@@ -38,7 +38,7 @@ def cmd_inspect(args) -> None:
     print(f"alphabet: {' '.join(lang.alphabet)}   vocab: {' '.join(lang.vocab.tokens)}")
     for r in lang.rules:
         print(f"rule {r.name}: {r.description}")
-    estimate = floor.kind == "estimate"  # ambiguous: Monte Carlo string entropy, +- one SE
+    estimate = floor.kind == "estimate"  # not proven unambiguous: Monte Carlo, +- one SE
 
     def fig(value, se):
         return f"{value:.6f} ± {se:.6f}" if estimate else f"{value:.6f}"
@@ -48,6 +48,7 @@ def cmd_inspect(args) -> None:
         print(f"entropy: {fig(floor.entropy, floor.entropy_stderr)} nats per string (Monte Carlo "
               f"estimate from {floor.n_samples} exact samples; the {what} entropy "
               f"{lang.entropy():.6f} is an upper bound)")
+        print(f"why an estimate: {_not_exact(lang)}")
     else:
         print(f"entropy: {floor.entropy:.6f} nats per string")
     print(f"expected length: {floor.tokens_per_string - 1:.4f} symbols (+1 EOS)")
@@ -62,7 +63,7 @@ def cmd_inspect(args) -> None:
               f"{fig(floor.per_sequence_mean, floor.per_sequence_stderr)}")
     dist = lang.length_distribution(args.max_length)
     print(f"probability mass by length (up to {args.max_length}):")
-    for L in np.flatnonzero(dist > 0)[: args.max_length]:
+    for L in np.flatnonzero(dist > 0):  # every length 0..max_length with mass, the last too
         print(f"  {L:>4}: {dist[L]:.6g}")
     print(f"  tail P(|s| > {args.max_length}): {max(0.0, 1 - dist.sum()):.6g}")
     print("samples (seed 0):")
@@ -70,11 +71,41 @@ def cmd_inspect(args) -> None:
         print(f"  {_fmt(s) or '(empty)'}   ln p = {lang.log_prob(s):.4f}")
 
 
+def _not_exact(lang) -> str:
+    """Why a language's string entropy is estimated, in words that claim no more than is known:
+    ambiguous only with a witness; otherwise not proven unambiguous (or not enumerable)."""
+    witness = getattr(lang, "ambiguity_witness", None)
+    if witness is not None:
+        return f"the grammar is ambiguous ({_fmt(witness) or '(empty)'} has two derivations)"
+    if type(lang).__name__ == "CounterLanguage":
+        return ("a string may come from several count assignments, and there are too many to "
+                "sum exactly")
+    kind = "automaton" if type(lang).__name__ == "PFSA" else "grammar"
+    return (f"the {kind} is not proven unambiguous (no string with two derivations was found, "
+            "but the checks that prove unambiguity do not apply)" if kind == "grammar" else
+            f"the {kind} is not proven unambiguous (some string may have two paths)")
+
+
 def cmd_sample(args) -> None:
     from formal_lm.grammar_files import load
     lang = load(args.grammar)
-    for s in lang.sample(args.n, seed=args.seed, length=args.length):
-        print(_fmt(s))
+    strings = lang.sample(args.n, seed=args.seed, length=args.length)
+    if args.format == "text":
+        for s in strings:
+            print(_fmt(s))
+        return
+    import json
+    for s in strings:
+        print(json.dumps({"string": list(s), "log_prob": lang.log_prob(s), "length": len(s),
+                          "rules": {r.name: bool(r.holds(s)) for r in lang.rules}}))
+
+
+def cmd_export(args) -> None:
+    from formal_lm.training.export import export
+    written = export(args.run_dir, args.out)
+    for name, n in written.items():
+        print(f"{args.out}/{name}: {n} line(s)" if name.endswith(".jsonl") else
+              f"{args.out}/{name}")
 
 
 def use_cpu_devices(n: int | None) -> None:
@@ -114,7 +145,7 @@ def _floor(result) -> str:
         return "no known loss floor"
     if result.optimal_loss_stderr:
         return (f"optimal loss {result.optimal_loss:.5f} ± {result.optimal_loss_stderr:.5f} "
-                "nats/token (Monte Carlo estimate: the grammar is ambiguous)")
+                "nats/token (a Monte Carlo estimate: the grammar is not proven unambiguous)")
     return f"exact optimal loss {result.optimal_loss:.5f} nats/token"
 
 
@@ -188,7 +219,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_count(0, 2 ** 63 - 1), default=0, help="random seed")
     s.add_argument("--length", type=_count(0, MAX_LENGTH), default=None,
                    help="condition on this length")
+    s.add_argument("--format", choices=("text", "jsonl"), default="text",
+                   help="text: one string per line (default); jsonl: one JSON object per "
+                   'sample, {"string": [symbols], "log_prob": exact ln p, "length": n, '
+                   '"rules": {name: holds}}')
     s.set_defaults(fn=cmd_sample)
+    x = sub.add_parser("export", help="write the exact data a run trained and was judged on "
+                       "(per-seed training batches, validation and test sets) as JSON lines")
+    x.add_argument("run_dir", help="the --out folder of a formal-lm train run")
+    x.add_argument("--out", required=True, help="a new (or empty) folder for the files")
+    x.set_defaults(fn=cmd_export)
     _add_writing_command(sub, "train", "train the seeds a config declares", cmd_train,
                          ("config", "a training config (TOML)"), "run directory",
                          {"--resume": "resume from the last checkpoint",

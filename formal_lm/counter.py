@@ -22,7 +22,8 @@ import numpy as np
 from formal_lm import counter_linear as linear
 from formal_lm import limits
 from formal_lm.errors import FormalLMError, Problem, raise_if
-from formal_lm.language import Language, LengthStats
+from formal_lm.language import Language, LengthStats, check_count, rules_definition
+from formal_lm.restricted import rows_from_tables
 from formal_lm.priors import Prior
 from formal_lm.rules import Rule, alphabet_problems
 from formal_lm.vocab import EOS_ID, check_symbols
@@ -54,13 +55,6 @@ class Block:
     def __repr__(self) -> str:
         more = f", plus={self.plus!r}" if self.plus else ""
         return f"Block(symbol={self.symbol!r}, coef={self.coef!r}, var={self.var!r}{more})"
-
-
-def _well_formed(b: Block) -> bool:
-    """A positive coefficient, and further terms only after a variable, each (int >= 1, str)."""
-    return isinstance(b.coef, int) and b.coef >= 1 and isinstance(b.plus, tuple) and all(
-        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], int) and t[0] >= 1
-        and isinstance(t[1], str) for t in b.plus) and (b.var is not None or not b.plus)
 
 
 # A parse state: (block index, length of the run inside that block, constraints per variable).
@@ -122,8 +116,8 @@ class CounterLanguage(Language):
             out.append(Problem("the template has no blocks", "list blocks such as ['a', 'n']"))
         ok = []  # the blocks whose counts are well formed
         for i, b in enumerate(self.blocks):
-            out.extend(self._block_problems(i, b))
-            ok.append(_well_formed(b))
+            out.extend(linear.block_problems(self, i, b))
+            ok.append(linear.well_formed(b))
             if i > 0 and self.blocks[i - 1].symbol == b.symbol:
                 out.append(Problem(f"blocks {i - 1} and {i} repeat symbol={b.symbol!r}",
                                    "merge them into one block"))
@@ -135,52 +129,8 @@ class CounterLanguage(Language):
                                    "remove the prior or use the variable in a block"))
         if not out:
             out += linear.size_problems(self)
-        return out + self._ambiguity_problems(ok) + alphabet_problems(self.rules, self.alphabet)
-
-    def _block_problems(self, i: int, b: Block) -> list[Problem]:
-        out = []
-        if b.symbol not in self.alphabet:
-            out.append(Problem(f"block {i} symbol={b.symbol!r} is not in the alphabet "
-                               f"{self.alphabet}", "add it to the alphabet"))
-        fix = "write counts as '1', '3', 'n', '2n' or 'n+2m'"
-        if not isinstance(b.coef, int) or b.coef < 1:
-            return out + [Problem(f"block {i} count={b.coef!r} is not a positive integer", fix)]
-        if not _well_formed(b):
-            return out + [Problem(f"block {i} plus={b.plus!r} is not a tuple of (coefficient, "
-                                  "variable) terms added to a variable count", fix)]
-        names = [v for v, _ in b.terms()]
-        if len(set(names)) < len(names):
-            out.append(Problem(f"block {i} count={b.count_text()!r} names a variable twice",
-                               "add its coefficients: 'n+n' is '2n'"))
-        for v in dict.fromkeys(names):
-            if v not in self.priors:
-                out.append(Problem(f"block {i} uses count variable {v!r} with no prior",
-                                   f"add a [prior.{v}] table"))
-        return out
-
-    def _ambiguity_problems(self, ok) -> list[Problem]:
-        """Blocks that can all be empty at once between two blocks of one symbol: the string
-        would not say which of the two a run belongs to."""
-        def can_be_empty(k):
-            b = B[k]
-            return ok[k] and b.var is not None and all(
-                v in self.priors and self.priors[v].min == 0 for v, _ in b.terms())
-
-        out, B = [], self.blocks
-        for i in range(len(B)):
-            for j in range(i + 2, len(B)):
-                if not can_be_empty(j - 1):
-                    break
-                if B[i].symbol != B[j].symbol:
-                    continue
-                gap = [k for k in range(i + 1, j)]
-                names = sorted({v for k in gap for v, _ in B[k].terms()})
-                what = f"block {gap[0]} ({B[gap[0]].symbol})" if len(gap) == 1 else \
-                    f"blocks {gap[0]}..{gap[-1]}"
-                out.append(Problem(f"{what} can be empty between two {B[i].symbol!r} blocks, so "
-                                   "strings do not determine the counts",
-                                   f"give {', '.join(map(repr, names))} a prior with min >= 1"))
-        return out
+        return out + linear.ambiguity_problems(self, ok) + alphabet_problems(self.rules,
+                                                                             self.alphabet)
 
     # ----- parsing a prefix into count constraints --------------------------------------------
     def _pin(self, cons, block: Block, count: int):
@@ -235,9 +185,15 @@ class CounterLanguage(Language):
             cons = None if b.var is None else self._meet(cons, b.var, 0, 0)
         return cons
 
-    def _log_mass(self, cons) -> float:
+    def _log_mass(self, cons, window=None) -> float:
+        """ln of the prior mass of the counts within ``cons``, and with ``window = (lo, hi)``,
+        of those whose string has lo <= |s| <= hi."""
         if cons is None:
             return -math.inf
+        if window is not None:
+            iv = {v: (np.array([lo], float), np.array([hi], float))
+                  for v, (lo, hi) in zip(self.vars, cons)}
+            return float(linear.window_mass_vec(self, iv, *window)[0])
         return sum(self.priors[v].log_mass(lo, hi) for v, (lo, hi) in zip(self.vars, cons))
 
     def _parse(self, s):
@@ -278,9 +234,30 @@ class CounterLanguage(Language):
         """Vectorised across the batch: every run of every row is computed in one pass per block."""
         if self._linear:  # row by row (the base class's loop over next_token_table)
             return Language.next_token_probs(self, ids)
+        return self._tables(ids)
+
+    def _window_next_token_probs(self, ids, lo: int, hi: int) -> np.ndarray:
+        """Conditioned on lo <= |s| <= hi: every mass is the counts' mass within the window."""
+        if self._linear:
+            return rows_from_tables(self, ids, lambda s: linear.next_token_table(self, s,
+                                                                                 (lo, hi)))
+        return self._tables(ids, (lo, hi))
+
+    def prefix_length_log_probs(self, p, max_length: int) -> np.ndarray:
+        """ln P(starts with p, |s| = L): the prior mass of the counts consistent with ``p``
+        whose string has length L (|s| is a linear form in the counts)."""
+        max_length = check_count("max_length", max_length, limits.MAX_SAMPLE_LENGTH)
+        return linear.prefix_length_log_probs(self, self._s(p), max_length)
+
+    def _definition(self) -> dict:
+        return {"family": "counter", "alphabet": list(self.alphabet), "blocks": self.blocks,
+                "priors": self.priors, "rules": rules_definition(self.rules)}
+
+    def _tables(self, ids, window=None) -> np.ndarray:
+        """``next_token_probs`` of a template with one variable per block (within ``window``)."""
         ids, out = self._probs_buffer(ids)
         B, T = ids.shape
-        out[:, 0] = self._row(self._start)
+        out[:, 0] = self._row(self._start, window)
         segments = {}  # block -> lists of (row, first position, run length, constraints)
         for b in range(B):
             row = ids[b, 1:]
@@ -304,24 +281,24 @@ class CounterLanguage(Language):
             cons = tuple((np.concatenate([np.full(R, c[v][0]) for _, _, R, c in segs]),
                           np.concatenate([np.full(R, c[v][1]) for _, _, R, c in segs]))
                          for v in range(len(self.vars)))
-            out[rows_b, pos] = self._run_rows(j, cons, r)
+            out[rows_b, pos] = self._run_rows(j, cons, r, window)
         dead = np.cumsum(out.sum(-1) == 0, axis=1) > 0  # after an impossible prefix, all zero
         out[dead] = 0.0
         return out
 
-    def _row(self, state) -> np.ndarray:
+    def _row(self, state, window=None) -> np.ndarray:
         row = np.zeros(self.vocab.size)
-        lp = self._log_mass(self._open_constraints(state))
+        lp = self._log_mass(self._open_constraints(state), window)
         if lp == -math.inf:
             return row
-        row[EOS_ID] = math.exp(self._log_mass(self._final_constraints(state)) - lp)
+        row[EOS_ID] = math.exp(self._log_mass(self._final_constraints(state), window) - lp)
         for k, sym in enumerate(self.alphabet):
             nxt = self._advance(state, sym)
             if nxt is not None:
-                row[k + 3] = math.exp(self._log_mass(self._open_constraints(nxt)) - lp)
+                row[k + 3] = math.exp(self._log_mass(self._open_constraints(nxt), window) - lp)
         return row
 
-    def _run_rows(self, j: int, cons, r: np.ndarray) -> np.ndarray:
+    def _run_rows(self, j: int, cons, r: np.ndarray, window=None) -> np.ndarray:
         """Next-token rows after prefixes ending in r symbols of block j (r an array).
 
         ``cons`` holds the constraints before the run: a tuple of (lo, hi) per variable, each a
@@ -339,6 +316,8 @@ class CounterLanguage(Language):
             iv[var][1] = np.minimum(iv[var][1], hi)
 
         def mass(iv, ok):
+            if window is not None:
+                return np.where(ok, linear.window_mass_vec(self, iv, *window), -np.inf)
             total = np.zeros(len(r))
             for v, (lo, hi) in iv.items():
                 total = total + self.priors[v].log_mass_vec(lo, hi)

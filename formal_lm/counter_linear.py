@@ -9,6 +9,13 @@ finished (equalities), whose current block is at least as long as its run (an in
 free otherwise. The variables in an equality are bounded by it, so that sum is finite; the
 inequality's free variables have closed-form or finite tails (``_tail``).
 
+Also here, for every counter template: the template checks (``block_problems``,
+``ambiguity_problems``, ``size_problems``), and the length window of ``Language.restrict``. A
+string's length is a linear form in the counts, |s| = fixed + sum_v c_v n_v, so "|s| = L" is one
+more equality (``window_log_mass``); for templates with one variable per block, whose
+constraints are intervals, ``window_mass_vec`` enumerates all variables but the last over the
+values the window allows and takes the last one's interval in closed form.
+
 The functions take the ``CounterLanguage`` (``lang``) and read its ``blocks``, ``priors``,
 ``vars`` and ``_terms``: per block, ``((variable index, coefficient), ...)``, empty for a block
 of fixed length.
@@ -16,6 +23,7 @@ of fixed length.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -53,6 +61,61 @@ def size_problems(lang) -> list[Problem]:
                            f"the limit of {limits.MAX_STRING_LENGTH}",
                            "lower the counts' coefficients or the priors' max, or raise "
                            "formal_lm.limits.MAX_STRING_LENGTH"))
+    return out
+
+
+def well_formed(b) -> bool:
+    """A positive coefficient, and further terms only after a variable, each (int >= 1, str)."""
+    return isinstance(b.coef, int) and b.coef >= 1 and isinstance(b.plus, tuple) and all(
+        isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], int) and t[0] >= 1
+        and isinstance(t[1], str) for t in b.plus) and (b.var is not None or not b.plus)
+
+
+def block_problems(lang, i: int, b) -> list[Problem]:
+    """The problems of block ``i`` of a counter template."""
+    out = []
+    if b.symbol not in lang.alphabet:
+        out.append(Problem(f"block {i} symbol={b.symbol!r} is not in the alphabet "
+                           f"{lang.alphabet}", "add it to the alphabet"))
+    fix = "write counts as '1', '3', 'n', '2n' or 'n+2m'"
+    if not isinstance(b.coef, int) or b.coef < 1:
+        return out + [Problem(f"block {i} count={b.coef!r} is not a positive integer", fix)]
+    if not well_formed(b):
+        return out + [Problem(f"block {i} plus={b.plus!r} is not a tuple of (coefficient, "
+                              "variable) terms added to a variable count", fix)]
+    names = [v for v, _ in b.terms()]
+    if len(set(names)) < len(names):
+        out.append(Problem(f"block {i} count={b.count_text()!r} names a variable twice",
+                           "add its coefficients: 'n+n' is '2n'"))
+    for v in dict.fromkeys(names):
+        if v not in lang.priors:
+            out.append(Problem(f"block {i} uses count variable {v!r} with no prior",
+                               f"add a [prior.{v}] table"))
+    return out
+
+
+def ambiguity_problems(lang, ok) -> list[Problem]:
+    """Blocks that can all be empty at once between two blocks of one symbol: the string
+    would not say which of the two a run belongs to."""
+    def can_be_empty(k):
+        b = B[k]
+        return ok[k] and b.var is not None and all(
+            v in lang.priors and lang.priors[v].min == 0 for v, _ in b.terms())
+
+    out, B = [], lang.blocks
+    for i in range(len(B)):
+        for j in range(i + 2, len(B)):
+            if not can_be_empty(j - 1):
+                break
+            if B[i].symbol != B[j].symbol:
+                continue
+            gap = [k for k in range(i + 1, j)]
+            names = sorted({v for k in gap for v, _ in B[k].terms()})
+            what = f"block {gap[0]} ({B[gap[0]].symbol})" if len(gap) == 1 else \
+                f"blocks {gap[0]}..{gap[-1]}"
+            out.append(Problem(f"{what} can be empty between two {B[i].symbol!r} blocks, so "
+                               "strings do not determine the counts",
+                               f"give {', '.join(map(repr, names))} a prior with min >= 1"))
     return out
 
 
@@ -240,19 +303,23 @@ def feasible(lang, state) -> bool:
     return all(lo <= hi for lo, hi in bounds.values()) and len(_solutions(eqs, bounds)[1]) > 0
 
 
-def next_token_table(lang, s) -> np.ndarray:
-    """[len(s) + 1, V] exact next-token rows along ``s`` (zero after an impossible prefix)."""
+def next_token_table(lang, s, window=None) -> np.ndarray:
+    """[len(s) + 1, V] exact next-token rows along ``s`` (zero after an impossible prefix), of
+    the language conditioned on ``window = (lo, hi)`` (lo <= |s| <= hi) when given."""
+    def mass(cons):
+        return log_mass(lang, cons) if window is None else window_log_mass(lang, cons, *window)
+
     out = np.zeros((len(s) + 1, lang.vocab.size))
     state = START
     for t in range(len(s) + 1):
-        lp = log_mass(lang, constraints(lang, state, final=False))
+        lp = mass(constraints(lang, state, final=False))
         if lp == -math.inf:
             break
-        out[t, EOS_ID] = math.exp(log_mass(lang, constraints(lang, state, final=True)) - lp)
+        out[t, EOS_ID] = math.exp(mass(constraints(lang, state, final=True)) - lp)
         for k, sym in enumerate(lang.alphabet):
             nxt = advance(lang, state, sym)
             if nxt is not None:
-                out[t, k + 3] = math.exp(log_mass(lang, constraints(lang, nxt, False)) - lp)
+                out[t, k + 3] = math.exp(mass(constraints(lang, nxt, False)) - lp)
         if t < len(s):
             state = advance(lang, state, s[t])
             if state is None:
@@ -341,3 +408,72 @@ def length_stats(lang, max_length: int) -> LengthStats:
         surprisal[L] -= p * lp
         eos[L] -= p * (lp - log_mass(lang, constraints(lang, state, final=False)))
     return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+
+
+# ----- the length window (Language.restrict): |s| is a linear form in the counts ---------------
+def length_form(lang) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """(fixed, ((variable index, symbols per unit), ...)): |s| = fixed + sum_v c_v n_v."""
+    coef = lang._per_var_coef()
+    return lang._fixed_length(), tuple((i, coef[v]) for i, v in enumerate(lang.vars))
+
+
+def window_log_mass(lang, cons, lo: int, hi: int) -> float:
+    """``log_mass`` of the assignments that also give lo <= |s| <= hi: one more equation,
+    |s| = L, per length L of the window."""
+    if cons is None:
+        return -math.inf
+    eqs, ineq = cons
+    fixed, terms = length_form(lang)
+    return _lse([log_mass(lang, (list(eqs) + [(terms, L - fixed)], ineq))
+                 for L in range(max(lo, fixed), hi + 1)])
+
+
+def window_mass_vec(lang, iv: dict, lo, hi) -> np.ndarray:
+    """ln P(each count v within [iv[v][0], iv[v][1]], and lo <= |s| <= hi), elementwise over
+    arrays of bounds (a template with one variable per block: the constraints are intervals).
+    Every variable but the last is enumerated over the values the window allows (exact: the
+    window bounds them); the last one's values form an interval of its prior (closed form)."""
+    fixed, terms = length_form(lang)
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    if not terms:  # no count variables: one string, of length ``fixed``
+        return np.where((lo <= fixed) & (fixed <= hi), 0.0, -np.inf)
+    *first, (k, ck) = terms
+    budget = int(np.max(hi, initial=0)) - fixed
+    ranges = []
+    for v, c in first:
+        prior = lang.priors[lang.vars[v]]
+        top = budget // c if prior.support_max is None else min(budget // c, prior.support_max)
+        ranges.append(range(prior.min, top + 1))
+    shape = np.broadcast(lo, hi, *[np.asarray(b) for pair in iv.values() for b in pair]).shape
+    total = np.full(shape, -np.inf)
+    for values in itertools.product(*ranges):
+        logp, used = np.zeros(shape), fixed
+        for (v, c), x in zip(first, values):
+            a, b = iv[lang.vars[v]]
+            logp = logp + np.where((a <= x) & (x <= b), lang._log_pmf(v, x), -np.inf)
+            used += c * x
+        a, b = iv[lang.vars[k]]
+        need = (np.maximum(a, np.ceil((lo - used) / ck)), np.minimum(b, np.floor((hi - used) / ck)))
+        logp = logp + lang.priors[lang.vars[k]].log_mass_vec(*np.broadcast_arrays(*need))
+        total = np.logaddexp(total, logp)
+    return total
+
+
+def prefix_length_log_probs(lang, s, max_length: int) -> np.ndarray:
+    """[max_length + 1] ln P(a string starts with ``s`` and has length L)."""
+    out = np.full(max_length + 1, -np.inf)
+    if len(s) > max_length:
+        return out
+    lengths = np.arange(len(s), max_length + 1)
+    if lang._linear:
+        state = parse(lang, s)
+        cons = None if state is None else constraints(lang, state, final=False)
+        out[lengths] = [window_log_mass(lang, cons, L, L) for L in lengths]
+        return out
+    state = lang._parse(s)
+    cons = None if state is None else lang._open_constraints(state)
+    if cons is not None:
+        iv = {v: (np.full(len(lengths), a, float), np.full(len(lengths), b, float))
+              for v, (a, b) in zip(lang.vars, cons)}
+        out[lengths] = window_mass_vec(lang, iv, lengths, lengths)
+    return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Problem, raise_if
-from formal_lm.language import Language, LengthStats
+from formal_lm.language import Language, LengthStats, check_count
 from formal_lm.priors import Prior
 from formal_lm.rules import Balanced, Nested
 from formal_lm.vocab import EOS_ID, check_symbols
@@ -115,16 +115,17 @@ class DyckLanguage(Language):
                     C[r] = np.logaddexp.reduce(np.stack(terms), axis=0)
         return C
 
-    def _prefix_table(self) -> np.ndarray:
+    def _prefix_table(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """log F[i, state]: ln P(prefix) of any prefix of length i that ends in ``state``.
 
         Within n pairs words are uniform, so a prefix's probability depends only on (i, state):
-        F[i, state] = sum_n prior(n) C[2n - i, state] / C[2n, 0].
+        F[i, state] = sum_n prior(n) C[2n - i, state] / C[2n, 0] (the n with lo <= 2n <= hi
+        only, for the language conditioned on that length range).
         """
         zero = (0,) if self.nested else (0, 0)
         F = np.full((self._counts.shape[0],) + self._counts.shape[1:], -np.inf)
         for n, lp in zip(self._n, self._log_prior):
-            if lp == -np.inf:
+            if lp == -np.inf or not lo <= 2 * n <= (2 * n if hi is None else hi):
                 continue
             L = 2 * int(n)
             i = np.arange(L + 1)
@@ -193,16 +194,18 @@ class DyckLanguage(Language):
         walk, _ = self._walk(p)
         return -math.inf if len(walk) < len(p) + 1 else self._log_prefix(*walk[-1])
 
-    def _log_prefix_vec(self, i: np.ndarray, state) -> np.ndarray:
-        """ln P(prefix) for arrays of (length, state): a lookup in the prefix table."""
+    def _log_prefix_vec(self, i: np.ndarray, state, F=None) -> np.ndarray:
+        """ln P(prefix) for arrays of (length, state): a lookup in the prefix table (``F``, by
+        default the language's own)."""
         i = np.asarray(i)
-        I, D = self._logF.shape[0], self._logF.shape[1]
+        F = self._logF if F is None else F
+        I, D = F.shape[0], F.shape[1]
         d = [np.asarray(state)] if self.nested else [np.asarray(x) for x in state]
         ok = (i >= 0) & (i < I)
         for x in d:
             ok = ok & (x >= 0) & (x < D)
         idx = (np.where(ok, i, 0),) + tuple(np.where(ok, x, 0) for x in d)
-        return np.where(ok, self._logF[idx], -np.inf)
+        return np.where(ok, F[idx], -np.inf)
 
     def next_token_table(self, s) -> np.ndarray:
         s = self._s(s)
@@ -211,6 +214,37 @@ class DyckLanguage(Language):
     def next_token_probs(self, ids) -> np.ndarray:
         """Vectorised over the batch: one scan over time for depths (and the innermost open
         bracket), then every probability is a lookup in the prefix table."""
+        return self._tables(ids, self._logF, self._log_prior)
+
+    def _window_next_token_probs(self, ids, lo: int, hi: int) -> np.ndarray:
+        """Conditioned on lo <= |s| <= hi: the prior cut to the n with lo <= 2n <= hi (its
+        normaliser cancels in the rows), so the tables of a cut prefix table."""
+        cache = self.__dict__.setdefault("_window_tables", {})
+        if (lo, hi) not in cache:
+            cut = np.where((2 * self._n >= lo) & (2 * self._n <= hi), self._log_prior, -np.inf)
+            cache[(lo, hi)] = (self._prefix_table(lo, hi), cut)
+        return self._tables(ids, *cache[(lo, hi)])
+
+    def prefix_length_log_probs(self, p, max_length: int) -> np.ndarray:
+        """ln P(starts with p, |s| = 2n) = ln prior(n) C[2n - |p|, state(p)] / C[2n, 0]."""
+        max_length = check_count("max_length", max_length, limits.MAX_SAMPLE_LENGTH)
+        p = self._s(p)
+        walk, _ = self._walk(p)
+        out = np.full(max_length + 1, -np.inf)
+        if len(walk) < len(p) + 1:
+            return out
+        i, state = walk[-1]
+        n = self._n[(2 * self._n >= i) & (2 * self._n <= max_length)]
+        lp = self._log_prior[n - self.prior.min]
+        out[2 * n] = lp - self._count(2 * n, self._zero) + self._count(2 * n - i, state)
+        return out
+
+    def _definition(self) -> dict:
+        return {"family": "dyck", "pairs": [list(p) for p in self.pairs],
+                "nested": bool(self.nested), "prior": self.prior}
+
+    def _tables(self, ids, F, log_prior) -> np.ndarray:
+        """Next-token rows of ``ids`` from prefix table ``F`` and prior ``log_prior``."""
         ids, out = self._probs_buffer(ids)
         B, T = ids.shape
         sym = ids[:, 1:].astype(np.int64) - 3  # [B, T-1]
@@ -233,9 +267,9 @@ class DyckLanguage(Language):
                 top_now = np.where(d > 0, stack[rows, np.maximum(d - 1, 0)], -1)
                 depth[:, t], top[:, t], live[:, t] = d, top_now, good
             i = np.broadcast_to(np.arange(T), (B, T))
-            lp = self._log_prefix_vec(i, depth)
-            up = self._log_prefix_vec(i + 1, depth + 1)
-            down = np.where(depth > 0, self._log_prefix_vec(i + 1, depth - 1), -np.inf)
+            lp = self._log_prefix_vec(i, depth, F)
+            up = self._log_prefix_vec(i + 1, depth + 1, F)
+            down = np.where(depth > 0, self._log_prefix_vec(i + 1, depth - 1, F), -np.inf)
             with np.errstate(invalid="ignore"):
                 for k in range(self.k):
                     out[..., 3 + 2 * k] = np.exp(up - lp)
@@ -249,19 +283,19 @@ class DyckLanguage(Language):
                                  np.cumsum(np.where(typ == 1, steps, 0), axis=1)], axis=1)
             live[:, 1:] = np.cumprod(real & (d1[:, 1:] >= 0) & (d2[:, 1:] >= 0), axis=1)
             i = np.broadcast_to(np.arange(T), (B, T))
-            lp = self._log_prefix_vec(i, (d1, d2))
+            lp = self._log_prefix_vec(i, (d1, d2), F)
             moves = [((d1 + 1, d2), d1 >= 0), ((d1 - 1, d2), d1 > 0),
                      ((d1, d2 + 1), d2 >= 0), ((d1, d2 - 1), d2 > 0)]
             with np.errstate(invalid="ignore"):
                 for col, (nxt, ok) in enumerate(moves):
-                    out[..., 3 + col] = np.where(ok, np.exp(self._log_prefix_vec(i + 1, nxt) - lp),
-                                                 0.0)
+                    nxt_lp = self._log_prefix_vec(i + 1, nxt, F)
+                    out[..., 3 + col] = np.where(ok, np.exp(nxt_lp - lp), 0.0)
             whole = (d1 == 0) & (d2 == 0)
         n_pairs = i // 2
         in_prior = (i % 2 == 0) & (n_pairs >= self.prior.min) & (n_pairs <= self.prior.support_max)
         idx = np.clip(n_pairs - self.prior.min, 0, len(self._n) - 1)
         total = self._counts[2 * self._n, 0] if self.nested else self._counts[2 * self._n, 0, 0]
-        log_whole = np.where(whole & in_prior, self._log_prior[idx] - total[idx], -np.inf)
+        log_whole = np.where(whole & in_prior, log_prior[idx] - total[idx], -np.inf)
         with np.errstate(invalid="ignore"):
             out[..., EOS_ID] = np.exp(log_whole - lp)
         out[~(live & np.isfinite(lp))] = 0.0

@@ -17,7 +17,7 @@ from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
 from formal_lm.grammar_schema import (TOP_LEVEL, Source, conforms, field_types, show,
                                       toml_lines, type_problem, value_problems)
-from formal_lm.language import Language
+from formal_lm.language import Language, definition_hash
 from formal_lm.priors import PRIOR_KINDS
 from formal_lm.rules import RULE_KINDS
 from formal_lm.vocab import check_symbols
@@ -232,6 +232,14 @@ def _lines(src, key, text, problems, pattern, what):
     return out
 
 
+def _number(text: str):
+    """``text`` as a float where it is one (so '0.50' and '5e-1' hash alike), else as it is."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _prob(text, loc, problems):
     try:
         p = float(text)
@@ -253,6 +261,7 @@ class _Grammar:
     description: str
     rules: tuple
     priors: dict  # [prior.VAR] tables read (None where a table has problems)
+    canonical: dict = dataclasses.field(default_factory=dict)  # parsed values for the fingerprint
 
     def construct(self, fn, *args, _key="kind", **kw):
         """Builds the language; raises every problem of the file and of the construction."""
@@ -340,6 +349,7 @@ def _build_counter(g: _Grammar) -> Language:
     if len(problems) > before or len(priors) < len(g.priors):
         raise GrammarError(problems)
     problems += _rule_problems(g, doc["alphabet"])  # at the rules' lines
+    g.canonical["blocks"] = [[b.symbol, b.count_text()] for b in blocks]
     return g.construct(CounterLanguage, g.name, blocks, priors, rules=g.rules,
                        alphabet=tuple(doc["alphabet"]), description=g.description, _key="blocks")
 
@@ -359,6 +369,7 @@ def _build_dyck(g: _Grammar) -> Language:
     problems += size_problems("list of brackets", 2 * len(doc["pairs"]), src.locate("pairs"))
     if prior is None:
         raise GrammarError(problems)
+    g.canonical["nested"] = doc.get("nested", True)
     return g.construct(DyckLanguage, g.name, doc["pairs"], prior, nested=doc.get("nested", True),
                        description=g.description, _key="pairs")
 
@@ -382,6 +393,13 @@ def _build_pfsa(g: _Grammar) -> Language:
             pr = _prob(p, loc, problems)
             locs[len(arcs)] = loc
             arcs.append((q, a, r, pr))
+    for (q, _, r, p), loc in lines:  # a state's line: its first own line, else one leading to it
+        locs.setdefault(("state", q), loc)
+    for (q, _, r, p), loc in lines:
+        if p is not None:
+            locs.setdefault(("state", r), loc)
+    g.canonical["arcs"] = [["halt", q, _number(r)] if p is None else [q, a, r, _number(p)]
+                           for (q, a, r, p), _ in lines]
     return g.construct(PFSA, g.name, arcs, final, doc["start"], alphabet=tuple(doc["alphabet"]),
                        rules=g.rules, description=g.description, locations=locs, _key="arcs")
 
@@ -400,6 +418,7 @@ def _build_dfa(g: _Grammar) -> Language:
             problems.append(Problem(f"transitions: symbol={a!r} is not in the alphabet",
                                     "add it to the alphabet", loc))
         trans[(q, a)] = r
+    g.canonical["transitions"] = sorted([q, a, r] for (q, a), r in trans.items())
     return g.construct(dfa_to_pfsa, g.name, trans, doc["start"], set(doc["accepting"]),
                        alphabet=tuple(doc["alphabet"]), stop_prob=doc["stop_prob"], rules=g.rules,
                        description=g.description, _key="transitions")
@@ -414,6 +433,8 @@ def _build_pcfg(g: _Grammar) -> Language:
                        line_offset=src.string_start("productions"), _key="productions")
     lang.description = g.description
     lang.rules = g.rules
+    g.canonical["productions"] = [[lhs, list(rhs), p] for lhs, rhs, p in lang.productions]
+    g.canonical["start"] = lang.start
     return lang
 
 
@@ -446,4 +467,19 @@ def build(doc: dict, src: Source) -> Language:
         _LOADING.reset(token)
     if g.kind != "counter":  # the counter constructor checked its rules already
         raise_if(_rule_problems(g, lang.alphabet))
+    lang.__dict__["_fingerprint"] = _fingerprint(g, lang)
     return lang
+
+
+def _fingerprint(g: _Grammar, lang: Language) -> str:
+    """The hash of the document in canonical form (``Language.fingerprint``): sorted keys,
+    normalised numbers, the multi-line fields as parsed, no ``name`` or descriptions, and a
+    grammar an ``in_grammar`` rule names as that grammar's own fingerprint."""
+    doc = {k: v for k, v in g.doc.items() if k not in ("name", "description")}
+    doc.update(g.canonical)
+    if isinstance(doc.get("rules"), dict):
+        refer = {r.name: r.language for r in lang.rules if getattr(r, "language", None)}
+        doc["rules"] = {name: {k: (refer[name] if k == "grammar" and name in refer else v)
+                               for k, v in spec.items() if k != "description"}
+                        for name, spec in doc["rules"].items()}
+    return definition_hash(doc)

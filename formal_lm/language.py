@@ -6,7 +6,11 @@ A family (PFSA, PCFG, counter, Dyck) implements a handful of exact primitives:
 - ``_sample(n, seed=..., length=...)`` (``sample`` checks the arguments, then calls it),
 - ``entropy()`` and ``expected_length()``,
 - ``length_stats(max_length)``: per length L, P(|s| = L), E[-ln p(s); |s| = L] and
-  E[-ln p(EOS | s); |s| = L] (``None`` for what a family cannot compute exactly).
+  E[-ln p(EOS | s); |s| = L] (``None`` for what a family cannot compute exactly),
+- ``prefix_length_log_probs(p, max_length)``: ln P(a string starts with p and has length L) for
+  every L up to max_length (a generic default enumerates; every family has an exact one), what
+  ``restrict(min_length, max_length)``, the language conditioned on a length range, is built on
+  (``formal_lm.restricted``).
 
 Everything else (next-token distributions, batched next-token tables, membership, the optimal
 training loss, length distributions) is derived here, and families override only for speed.
@@ -21,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from formal_lm import limits
+from formal_lm import limits, restricted
 from formal_lm.errors import FormalLMError, Problem, ZeroProbabilityPrefix
 from formal_lm.rules import Rule
 from formal_lm.vocab import BOS_ID, EOS, EOS_ID, PAD_ID, String, Vocab
@@ -61,12 +65,12 @@ class LossFloor:
     """The best achievable next-token cross-entropy on a language, in nats (EOS predicted).
 
     ``kind`` says what the figures are. ``"exact"``: computed exactly (the string entropy is known
-    in closed form). ``"estimate"``: the language is ambiguous (a PCFG that is not proven
-    unambiguous, a PFSA with two paths for some string), so the string entropy has no closed form;
-    ``entropy``, ``per_token`` and ``per_sequence_mean`` are then unbiased Monte Carlo estimates
-    of the *string* entropy's figures, means of -ln p(s_i) over exact samples s_i with exact
-    ln p(s_i) (every derivation or path summed), each with its standard error (sample standard
-    deviation / sqrt(n)); ``upper_bound`` is the exact derivation- or path-entropy floor, which
+    in closed form). ``"estimate"``: the language is not proven unambiguous (a PCFG that passed
+    no unambiguity check, a PFSA with two paths for some string), so the string entropy has no
+    closed form here; ``entropy``, ``per_token`` and ``per_sequence_mean`` are then unbiased
+    Monte Carlo estimates of the *string* entropy's figures, means of -ln p(s_i) over exact
+    samples s_i with exact ln p(s_i) (every derivation or path summed), each with its standard
+    error (sample standard deviation / sqrt(n)); ``upper_bound`` is the exact derivation- or path-entropy floor, which
     exceeds the true floor by E[H(derivation | string)] per string.
 
     Attributes:
@@ -182,9 +186,10 @@ class Language(abc.ABC):
     def entropy(self) -> float:
         """Entropy of the string distribution in nats, where ``entropy_is_exact``.
 
-        Otherwise (an ambiguous language) it is the derivation or path entropy, an UPPER BOUND on
-        the string entropy; ``optimal_loss()`` gives an unbiased Monte Carlo estimate of the
-        string entropy with its standard error.
+        Otherwise (a language not proven unambiguous) it is the derivation or path entropy (for a
+        restriction, of the derivations conditioned on its range), an UPPER BOUND on the string
+        entropy; ``optimal_loss()`` gives an unbiased Monte Carlo estimate of the string entropy
+        with its standard error.
         """
 
     @abc.abstractmethod
@@ -194,6 +199,68 @@ class Language(abc.ABC):
     @abc.abstractmethod
     def length_stats(self, max_length: int) -> LengthStats:
         """Exact per-length statistics up to ``max_length``."""
+
+    def prefix_length_log_probs(self, p, max_length: int) -> np.ndarray:
+        """[max_length + 1]: ln P(a string starts with ``p`` and has length L), L = 0..max_length
+        (-inf below ``len(p)``). Every family computes it exactly; this generic default
+        enumerates the completions of ``p`` and refuses (FormalLMError) past
+        ``formal_lm.restricted.MAX_ENUMERATED_COMPLETIONS`` strings."""
+        max_length = check_count("max_length", max_length, limits.MAX_SAMPLE_LENGTH)
+        return restricted.enumerated_prefix_lengths(self, self._s(p), max_length)
+
+    def _window_next_token_probs(self, ids, lo: int, hi: int) -> np.ndarray:
+        """[B, T, V] next-token rows (as ``next_token_probs``) of this language conditioned on
+        lo <= |s| <= hi. Generic: from ``prefix_length_log_probs``; families override for speed."""
+        return restricted.window_next_token_probs(self, ids, lo, hi)
+
+    def _derivation_surprisal(self, max_length: int) -> np.ndarray | None:
+        """E[-ln p(d); |s| = L] over derivations (paths) d, L = 0..max_length, for a family whose
+        strings may have several (its restrictions bound their entropy with it); None here."""
+        return None
+
+    def restrict(self, min_length: int, max_length: int) -> Language:
+        """This language conditioned on ``min_length <= |s| <= max_length``: a ``Language`` with
+        every quantity exact (see ``formal_lm.restricted``), named e.g. ``"anbn[2..16]"``.
+
+        >>> import formal_lm as fl
+        >>> r = fl.load("anbn").restrict(2, 4)
+        >>> r.name, round(r.prob("ab"), 6), r.next_token_dist("ab")[fl.EOS]
+        ('anbn[2..4]', 0.5, 1.0)
+
+        Raises:
+            FormalLMError: a bound that is not an int in 0..``limits.MAX_SAMPLE_LENGTH``,
+                ``min_length > max_length``, or a range without mass (naming range and language).
+        """
+        fix = f"pass an int in 0..{limits.MAX_SAMPLE_LENGTH}"
+        lo = check_count("min_length", min_length, limits.MAX_SAMPLE_LENGTH, fix)
+        hi = check_count("max_length", max_length, limits.MAX_SAMPLE_LENGTH, fix)
+        if lo > hi:
+            raise FormalLMError(Problem(f"min_length={lo} > max_length={hi}: the range "
+                                        f"[{lo}, {hi}] of {self.name!r} is empty",
+                                        "pass min_length <= max_length"))
+        return RestrictedLanguage(self, lo, hi)
+
+    def fingerprint(self) -> str:
+        """A hash of the language's definition (not its name or where it was read from).
+
+        A grammar file's is set by the loader: the parsed document in canonical form (sorted
+        keys, normalised numbers, the multi-line fields parsed; ``name`` and descriptions left
+        out), so formatting and comment edits keep it and any value edit changes it. A family
+        built in Python hashes its defining parameters (``_definition``); any other language
+        hashes exact quantities: the length distribution up to 24, ln p and the next-token rows
+        of the first 64 strings in shortlex order, and its rules.
+        """
+        known = self.__dict__.get("_fingerprint")  # a grammar file's, set when it was read
+        return known if known is not None else definition_hash(self._definition())
+
+    def _definition(self) -> dict:
+        """The defining parameters hashed by ``fingerprint`` (families override)."""
+        import itertools
+        probes = list(itertools.islice(enumerate_strings(self.alphabet, 24), 64))
+        tables = [self.next_token_table(s)[-1].tolist() + [self.log_prob(s)] for s in probes]
+        return {"alphabet": list(self.alphabet), "rules": rules_definition(self.rules),
+                "lengths": [float(f"{x:.12g}") for x in self.length_distribution(24)],
+                "probes": [[float(f"{x:.12g}") for x in row] for row in tables]}
 
     # ----- derived ------------------------------------------------------------------------------
     def prob(self, s) -> float:
@@ -349,6 +416,57 @@ class Language(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, alphabet={self.alphabet})"
+
+
+class RestrictedLanguage(restricted.Restriction, Language):
+    """A language conditioned on a length range (``Language.restrict``; the behaviour is
+    ``formal_lm.restricted.Restriction``). ``base``, ``min_length`` and ``max_length`` say what
+    it restricts."""
+
+
+def canonical(value):
+    """``value`` in the canonical form that ``definition_hash`` hashes: tuples as lists, numbers
+    (not booleans) as their shortest decimal text (an integral float as an int: 1.0 is "1"), a
+    dataclass (a prior, a block) as its type's name and its fields, a Language as its
+    fingerprint, sets sorted, anything else as its repr."""
+    if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, str):
+        return bool(value) if isinstance(value, np.bool_) else value
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        x = float(value)
+        return str(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [canonical(v) for v in value]
+    if isinstance(value, Language):
+        return {"language": value.fingerprint()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a prior, a block
+        return {"type": type(value).__name__, **{f.name: canonical(getattr(value, f.name))
+                                                 for f in dataclasses.fields(value) if f.init}}
+    if isinstance(value, (set, frozenset)):
+        return sorted((canonical(v) for v in value), key=repr)
+    return repr(value)  # anything else (a user's rule parameter): its repr
+
+
+def definition_hash(definition) -> str:
+    """A 16-hex-digit SHA-256 of the canonical JSON of ``definition`` (sorted keys)."""
+    import hashlib
+    import json
+    text = json.dumps(canonical(definition), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rules_definition(rules) -> list:
+    """The rules' defining fields (kind and parameters; names kept, descriptions left out; a
+    grammar a rule refers to as its fingerprint)."""
+    out = []
+    for r in rules:
+        fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)
+                  if f.init and f.name not in ("description", "grammar")}
+        out.append({"kind": type(r).__name__, **fields})
+    return out
 
 
 def enumerate_strings(alphabet: Sequence[str], max_length: int) -> Iterable[String]:

@@ -19,7 +19,8 @@ import numpy as np
 
 from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem, raise_if
-from formal_lm.language import Language, LengthStats
+from formal_lm.language import Language, LengthStats, check_count, rules_definition
+from formal_lm.restricted import logsumexp
 from formal_lm.rules import Rule
 from formal_lm.vocab import EOS_ID, check_symbols
 
@@ -77,11 +78,12 @@ class PFSA(Language):
                                         "give each arc a probability in (0, 1]", loc))
                 continue
             T[sym[a], idx[q], idx[r]] += p
-        rho = np.zeros(S)
+        rho, unknown = np.zeros(S), set()  # unknown: halting probabilities reported as bad
         for q, p in final.items():
             if not (isinstance(p, (int, float)) and 0 <= p <= 1):
                 problems.append(Problem(f"state {q}: halting prob={p!r} is not in [0, 1]",
                                         "use a probability", locations.get(("final", q))))
+                unknown.add(idx[q])
             else:
                 rho[idx[q]] = p
         init = np.zeros(S)
@@ -98,10 +100,9 @@ class PFSA(Language):
                     f"state {q}: arc and halting probabilities sum to {out_mass[i]:.6g}, not 1",
                     "make each state's outgoing arcs plus its halting probability sum to 1",
                     locations.get(first) or locations.get(("final", q))))
-        raise_if(problems)
         self.T, self.rho, self.init = T, rho, init
         self.M = T.sum(0)
-        self._check_graph(locations)
+        self._check_graph(locations, problems, unknown)  # raises every problem, these too
         self.deterministic = bool(((T > 0).sum(axis=2) <= 1).all() and (init > 0).sum() == 1)
         # path entropy = string entropy iff no string has two paths (a PDFA never has)
         self.entropy_is_exact = self.deterministic or self._unambiguous()
@@ -121,15 +122,17 @@ class PFSA(Language):
         out[r] = np.linalg.solve((np.eye(len(r)) - self.M[np.ix_(r, r)]).T, self.init[r])
         return out
 
-    def _check_graph(self, locations):
+    def _check_graph(self, locations, problems, unknown=frozenset()):
+        """Adds the structural problems (no halting state reachable, states that cannot halt) to
+        ``problems``, then tightness when there are none, and raises them all at once (states
+        in ``unknown``, whose halting probability is already reported, count as halting)."""
         S = len(self.states)
         g = nx.DiGraph()
         g.add_nodes_from(range(S))
         g.add_edges_from(zip(*np.nonzero(self.M)))
         reach = set().union(*(nx.descendants(g, int(q)) | {int(q)} for q in np.flatnonzero(self.init)))
-        halting = set(np.flatnonzero(self.rho).tolist())
+        halting = set(np.flatnonzero(self.rho).tolist()) | set(unknown)
         coreach = set().union(*(nx.ancestors(g, q) | {q} for q in halting)) if halting else set()
-        problems = []
         if not reach & halting:
             problems.append(Problem(f"no string has positive probability in {self.name!r}: no "
                                     "reachable state halts", "give a reachable state a halting "
@@ -332,10 +335,19 @@ class PFSA(Language):
         return float(self._visits @ (1 - self.rho))
 
     def length_stats(self, max_length: int) -> LengthStats:
+        prob, surprisal, eos = self._length_arrays(max_length, self.entropy_is_exact)
+        return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+
+    def _derivation_surprisal(self, max_length: int) -> np.ndarray:
+        """E[-ln p(path); |s| = L]: the path surprisal by length (the string's where
+        ``entropy_is_exact``)."""
+        return self._length_arrays(max_length, True)[1]
+
+    def _length_arrays(self, max_length: int, paths: bool):
         prob = np.zeros(max_length + 1)
         # one path per string: path surprisal = string surprisal; but E[-ln p(EOS | s)] needs the
         # state after a prefix to be known, which only a PDFA guarantees
-        surprisal = np.zeros(max_length + 1) if self.entropy_is_exact else None
+        surprisal = np.zeros(max_length + 1) if paths else None
         eos = np.zeros(max_length + 1) if self.deterministic else None
         a, b = self.init.copy(), -_xlogx(self.init)  # mass and mass-weighted surprisal
         arc_surprisal = -_xlogx(self.T).sum(0)  # [S, S]: sum_a T_a (-ln T_a)
@@ -348,8 +360,73 @@ class PFSA(Language):
             if eos is not None:
                 eos[L] = a @ halt_surprisal
             a = a @ self.M
-        return LengthStats(prob, surprisal, eos, max(0.0, 1.0 - prob.sum()))
+        return prob, surprisal, eos
 
+    # ----- conditioned on a length range (Language.restrict) ------------------------------------
+    def prefix_length_log_probs(self, p, max_length: int) -> np.ndarray:
+        """ln P(starts with p, |s| = L) = ln alpha(p) M^(L - |p|) rho: the forward vector of
+        ``p`` times powers of the transition matrix into the halting vector."""
+        max_length = check_count("max_length", max_length, limits.MAX_SAMPLE_LENGTH)
+        ids = self._ids(p)
+        out = np.full(max_length + 1, -np.inf)
+        fw, ok = self._forward(ids)
+        if not ok or len(ids) > max_length:
+            return out
+        alpha, ls = fw[-1]
+        with np.errstate(divide="ignore"):
+            la = np.log(alpha)
+        for k, beta in enumerate(self._log_backward(max_length - len(ids))):
+            out[len(ids) + k] = ls + logsumexp(la + beta)
+        return out
+
+    def _window_backward(self, lo: int, hi: int) -> np.ndarray:
+        """[hi + 2, S] ln R_t: R_t(q) = sum_{k = max(0, lo - t)}^{hi - t} (M^k rho)_q, the
+        probability from state q after t symbols of ending with a length in [lo, hi]; by
+        R_t = [t >= lo] rho + M R_{t+1} (R_{hi+1} = 0) in log space, entry by entry."""
+        cache = self.__dict__.setdefault("_window_cache", {})
+        if (lo, hi) not in cache:
+            with np.errstate(divide="ignore"):
+                logM = np.log(self.M)
+            R = np.full((hi + 2, len(self.states)), -np.inf)
+            for t in range(hi, -1, -1):
+                R[t] = logsumexp(logM + R[t + 1][None, :], axis=1)
+                if t >= lo:
+                    R[t] = np.logaddexp(R[t], self._logrho)
+            cache[(lo, hi)] = R
+        return cache[(lo, hi)]
+
+    def _window_next_token_probs(self, ids, lo: int, hi: int) -> np.ndarray:
+        """The forward scan of ``next_token_probs``, each row weighted by ln R (above)."""
+        ids, out = self._probs_buffer(ids)
+        B, T = ids.shape
+        R = self._window_backward(lo, hi)
+        alpha, live = np.tile(self.init, (B, 1)), np.ones(B, bool)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for t in range(min(T, hi + 1)):
+                if t > 0:
+                    tok = ids[:, t]
+                    live &= tok >= 3
+                    alpha = np.einsum("bs,bst->bt", alpha, self.T[np.where(tok >= 3, tok - 3, 0)])
+                    z = alpha.sum(1, keepdims=True)
+                    live &= z[:, 0] > 0
+                    alpha = np.where(z > 0, alpha / np.where(z > 0, z, 1), 0.0)
+                eos = logsumexp(np.log(alpha) + self._logrho, axis=1) if t >= lo else \
+                    np.full(B, -np.inf)
+                emit = np.log(np.einsum("bs,ast->bat", alpha, self.T))  # [B, A, S]
+                logs = np.concatenate([eos[:, None], logsumexp(emit + R[t + 1], axis=2)], 1)
+                top = logs.max(1, keepdims=True)
+                live &= np.isfinite(top[:, 0])
+                w = np.exp(logs - np.where(live[:, None], top, 0.0))
+                w = np.where(live[:, None], w / w.sum(1, keepdims=True), 0.0)
+                out[:, t, EOS_ID], out[:, t, 3:] = w[:, 0], w[:, 1:]
+        return out
+
+    def _definition(self) -> dict:
+        arcs = [[int(a), int(q), int(r), float(self.T[a, q, r])]
+                for a, q, r in zip(*np.nonzero(self.T))]
+        return {"family": "pfsa", "alphabet": list(self.alphabet), "arcs": arcs,
+                "halt": self.rho.tolist(), "start": self.init.tolist(),
+                "rules": rules_definition(self.rules)}
 
 def _check_size(S: int, A: int) -> None:
     """A GrammarError when the automaton is larger than ``limits.MAX_PFSA_STATES`` or

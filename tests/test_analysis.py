@@ -904,3 +904,25 @@ def test_length_bins_kl_of_a_uniform_model_in_closed_form(anbn):
         assert row[0] == pytest.approx(want, rel=1e-9) and row[1] == len(s) + 1
     kl, _, _ = _bin(rows)
     assert kl == pytest.approx(rows[:, 0].sum() / sum(len(s) + 1 for s in strings))
+
+
+def test_length_bins_without_strings_are_listed_not_dropped():
+    """anbn-short has strings of lengths 2..32 only: a requested bin past them is listed in
+    empty_bins (it used to vanish from the result, with only skipped_lengths to hint at it)."""
+    lang = fl.load("anbn-short")
+    r = length_generalization(exact_model_fn(lang), lang, train_max_length=8,
+                              test_lengths=range(9, 61), per_bin=4,
+                              bins=[(1, 8), (9, 32), (33, 40), (41, 60)])
+    assert [(b.lo, b.hi) for b in r.length_bins] == [(1, 8), (9, 32)]
+    assert r.empty_bins == ((33, 40), (41, 60))
+    default = length_generalization(exact_model_fn(lang), lang, train_max_length=8,
+                                    test_lengths=range(9, 61), per_bin=4)
+    assert [(b.lo, b.hi) for b in default.length_bins] == [(1, 8), (9, 16), (17, 32)]
+    assert default.empty_bins == ((33, 60),)
+
+
+def test_a_test_range_without_strings_is_an_error():
+    lang = fl.load("anbn-short")
+    with pytest.raises(FormalLMError, match=r"no strings with a length in test_lengths \(41..60\)"):
+        length_generalization(exact_model_fn(lang), lang, train_max_length=8,
+                              test_lengths=range(41, 61), per_bin=4)

@@ -202,3 +202,79 @@ def test_impossible_lengths_say_so(name):
                 lang.sample(2, seed=0, length=L)
         else:
             assert all(len(s) == L for s in lang.sample(2, seed=0, length=L))
+
+
+# ----- languages conditioned on a length range (lang.restrict) -------------------------------------
+def _range_inside(lang, L):
+    """A sub-range of the lengths 0..L with mass: from the second length with mass (the first
+    when there are two or fewer) to the last length with mass up to L."""
+    support = np.flatnonzero(lang.length_distribution(L) > 0)
+    return int(support[1] if len(support) > 2 else support[0]), int(support[-1])
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_shipped_grammar_restrictions_conform(name):
+    base = fl.load(name)
+    L = _length(base)
+    lo, hi = _range_inside(base, L)
+    lang = base.restrict(lo, hi)
+    assert lang.name == f"{base.name}[{lo}..{hi}]" and lang.rules == base.rules
+    assert lang.entropy_is_exact == base.entropy_is_exact
+    check_language(lang, L, n_samples=600)
+
+
+def test_an_ambiguous_restriction_conforms():
+    """arith on lengths 3..5, where x+x*x has two derivations: exact probabilities, an entropy
+    that bounds the string entropy from above, an estimated floor."""
+    lang = fl.load("arith").restrict(3, 5)
+    assert not lang.entropy_is_exact
+    check_language(lang, 5, n_samples=600)
+
+
+def _check_restricted(lang, lo, hi, L, n_samples=400):
+    """The oracle on ``lang.restrict(lo, hi)``, or the error of an empty range."""
+    if not lang.length_distribution(hi)[lo: hi + 1].sum() > 0:
+        with pytest.raises(fl.FormalLMError, match=rf"\[{lo}, {hi}\]"):
+            lang.restrict(lo, hi)
+        return
+    check_language(lang.restrict(lo, hi), L, n_samples=n_samples)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.counter_languages(), st.integers(0, 4), st.integers(0, 4))
+def test_random_restricted_counter_languages_conform(lang, lo, width):
+    _check_restricted(lang, lo, lo + width, 7)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.counter_languages(linear=True, max_blocks=3, max_count=3), st.integers(0, 4),
+       st.integers(0, 3))
+def test_random_restricted_linear_counter_languages_conform(lang, lo, width):
+    _check_restricted(lang, lo, lo + width, 7)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.pfsas(deterministic=True, min_halt=0.3), st.integers(0, 4), st.integers(0, 4))
+def test_random_restricted_pdfas_conform(lang, lo, width):
+    _check_restricted(lang, lo, lo + width, 8)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.pfsas(deterministic=False, min_halt=0.3), st.integers(0, 4), st.integers(0, 4))
+def test_random_restricted_nondeterministic_pfsas_conform(lang, lo, width):
+    _check_restricted(lang, lo, lo + width, 8)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ft.pcfgs(), st.integers(0, 4), st.integers(0, 3))
+def test_random_restricted_pcfgs_conform(lang, lo, width):
+    _check_restricted(lang, lo, lo + width, 7)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.booleans(), st.integers(0, 6), st.integers(0, 4))
+def test_random_restricted_dyck_languages_conform(lo_pairs, width, nested, lo, span):
+    pairs = [("(", ")"), ("[", "]")] if not nested or lo_pairs % 2 else [("(", ")")]
+    lang = fl.DyckLanguage("d", pairs, fl.Uniform(lo_pairs, lo_pairs + width),
+                           nested=nested or len(pairs) == 1)
+    _check_restricted(lang, lo, lo + span, 8 if len(pairs) == 1 else 6)

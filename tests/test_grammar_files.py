@@ -541,3 +541,147 @@ def test_a_limit_names_itself_and_can_be_raised(monkeypatch):
         fl.loads(text)
     monkeypatch.setattr(limits, "MAX_CROSSING_PAIRS", 40)
     assert fl.loads(text).prior.max == 40
+
+
+# ----- two problems of a PFSA file at once, each at its state's line ---------------------------
+def test_a_pfsa_file_with_two_problems_reports_both_at_the_states_lines():
+    problems, msg = problems_of('''
+        name = "p"
+        kind = "pfsa"
+        alphabet = ["a", "b"]
+        start = "q0"
+        arcs = """
+        q0 a q1 0.5
+        q0 EOS 0.4
+        q1 b q2 1.0
+        q2 a q2 1.0
+        """
+    ''')
+    where = {p.message.split(":")[0] if p.message.startswith("state q0") else
+             p.message.split(" is ")[0]: str(p.location) for p in problems}
+    assert "sum to 0.9" in msg and "state q2 is reachable but can never halt" in msg
+    assert where["state q0"] == "g.toml:7:1"  # q0's first arc, not the arcs key (line 6)
+    assert where["state q1"] == "g.toml:9:1" and where["state q2"] == "g.toml:10:1"
+
+
+# ----- inspect ---------------------------------------------------------------------------------
+def test_inspect_shows_every_length_of_its_range_when_the_empty_string_has_mass(capsys):
+    from formal_lm.cli import main
+    assert main(["inspect", "parity", "--max-length", "5", "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("probability mass by length (up to 5):\n")[1].split("  tail")[0]
+    assert [int(line.split(":")[0]) for line in table.splitlines()] == [0, 1, 2, 3, 4, 5]
+
+
+def test_inspect_never_calls_an_unproven_grammar_ambiguous(tmp_path, capsys):
+    """Even palindromes are unambiguous but neither LL(1) nor LR(1): the floor is estimated,
+    and inspect says the grammar is not proven unambiguous (arith, with a witness, is
+    ambiguous)."""
+    from formal_lm.cli import main
+    pal = tmp_path / "pal.toml"
+    pal.write_text('kind = "pcfg"\nproductions = """\n'
+                   "S -> 'a' S 'a' [0.3] | 'b' S 'b' [0.3] | [0.4]\n\"\"\"\n")
+    assert main(["inspect", str(pal), "--samples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "not proven unambiguous" in out
+    assert " is ambiguous" not in out.replace("not proven unambiguous", "")
+    assert main(["inspect", "arith", "--samples", "0"]) == 0
+    assert "the grammar is ambiguous (x*x*x has two derivations)" in capsys.readouterr().out
+
+
+# ----- fingerprints ----------------------------------------------------------------------------
+PFSA_FILE = '''
+name = "two"
+kind = "pfsa"
+description = "two states"
+alphabet = ["a", "b"]
+start = "q"
+arcs = """
+q a r 0.5
+q EOS 0.5
+r b q 0.75
+r EOS 0.25
+"""
+
+[rules.R1]
+kind = "starts_with"
+symbol = "a"
+description = "starts with a"
+'''
+
+
+def test_a_fingerprint_ignores_formatting_and_names_but_not_values():
+    base = fl.loads(PFSA_FILE, path="a.toml").fingerprint()
+    same = [PFSA_FILE.replace("q a r 0.5", "q   a  r   0.50   # the first arc"),
+            PFSA_FILE.replace('name = "two"', 'name = "other"') + "\n# a comment\n",
+            PFSA_FILE.replace('description = "two states"', 'description = "2"'),
+            PFSA_FILE.replace("r EOS 0.25", "r </s> 2.5e-1"),
+            PFSA_FILE.replace('start = "q"', 'start   =   "q"\n\n')]
+    for text in same:
+        assert fl.loads(text, path="elsewhere/b.toml").fingerprint() == base, text
+    different = [PFSA_FILE.replace("q a r 0.5\nq EOS 0.5", "q a r 0.4\nq EOS 0.6"),
+                 PFSA_FILE.replace('symbol = "a"', 'symbol = "b"'),
+                 PFSA_FILE.replace('alphabet = ["a", "b"]', 'alphabet = ["a", "b", "c"]')]
+    for text in different:
+        assert fl.loads(text).fingerprint() != base, text
+
+
+@pytest.mark.parametrize("name", sorted(fl.shipped()))
+def test_every_shipped_grammar_has_a_stable_fingerprint(name):
+    text = fl.shipped()[name].read_text()
+    fp = fl.load(name).fingerprint()
+    assert len(fp) == 16 and fl.loads(text.replace("\n", "\n\n") + "# end\n").fingerprint() == fp
+
+
+def test_counts_and_numbers_are_normalised_and_referenced_grammars_count(tmp_path):
+    a = fl.loads(textwrap.dedent(COUNTER)).fingerprint()
+    assert fl.loads(textwrap.dedent(COUNTER).replace('["b", "n"]', '["b", "1 * n"]')
+                    ).fingerprint() == a
+    assert fl.loads(textwrap.dedent(COUNTER).replace("max = 4", "max = 5")).fingerprint() != a
+    inner = tmp_path / "inner.toml"
+    inner.write_text(textwrap.dedent(COUNTER))
+    outer = tmp_path / "outer.toml"
+    outer.write_text(textwrap.dedent(COUNTER) + '\n[rules.R1]\nkind = "in_grammar"\n'
+                     'grammar = "inner.toml"\n')
+    before = fl.load(outer).fingerprint()
+    inner.write_text(textwrap.dedent(COUNTER).replace("max = 4", "max = 3"))
+    assert fl.load(outer).fingerprint() != before  # the referenced grammar changed
+
+
+def test_languages_built_in_python_hash_their_parameters():
+    def anbn(top, name="x"):
+        return fl.CounterLanguage(name, [fl.Block("a", 1, "n"), fl.Block("b", 1, "n")],
+                                  {"n": fl.Uniform(1, top)})
+
+    assert anbn(4).fingerprint() == anbn(4, "y").fingerprint() != anbn(5).fingerprint()
+    d = fl.DyckLanguage("d", [("(", ")")], fl.Uniform(1, 3))
+    assert d.fingerprint() != fl.DyckLanguage("d", [("(", ")")], fl.Uniform(1, 4)).fingerprint()
+    g = fl.PCFG.from_nltk("S -> 'a' S [0.3] | 'b' [0.7]")
+    assert g.fingerprint() == fl.PCFG.from_nltk("S -> 'a' S [0.3]\n | 'b' [0.7]").fingerprint()
+    assert g.fingerprint() != fl.PCFG.from_nltk("S -> 'a' S [0.4] | 'b' [0.6]").fingerprint()
+    assert fl.random_pdfa(3, "ab", seed=1).fingerprint() != \
+        fl.random_pdfa(3, "ab", seed=2).fingerprint()
+    assert anbn(4).restrict(2, 4).fingerprint() != anbn(4).restrict(2, 6).fingerprint()
+
+
+def test_sample_jsonl_and_export_help(capsys):
+    import json
+    from formal_lm.cli import main
+    assert main(["sample", "anbnan", "-n", "3", "--seed", "1", "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lang = fl.load("anbnan")
+    assert rows and [tuple(r["string"]) for r in rows] == lang.sample(3, seed=1)
+    for r in rows:
+        assert r["log_prob"] == pytest.approx(lang.log_prob(r["string"]))
+        assert r["length"] == len(r["string"]) and r["rules"] == {"R1": True, "R2": True,
+                                                                   "R3": True}
+    assert main(["sample", "dyck2", "-n", "2"]) == 0  # text stays the default
+    assert not capsys.readouterr().out.startswith("{")
+    for command in ("export", "sample"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "usage: formal-lm" in out and ("--format" in out or command == "export")
+    with pytest.raises(SystemExit):
+        main(["sample", "anbn", "--format", "csv"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """Training: configs, losses, packing, data streams, objectives, the vmapped step."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -389,3 +391,75 @@ def test_formal_lm_train_command(tmp_path, capsys):
     assert [m["step"] for m in lines] == [2]
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- length ranges
+def test_length_range_data_is_judged_against_the_restricted_language():
+    """The loss floor, the validation rows (and so KL) of length-range data come from
+    lang.restrict(lo, hi): the strings are drawn from it, not from the whole language."""
+    lang = fl.load("anbn")
+    cfg = DataConfig(mode="length_range", lo=2, hi=16, max_length=18, eval_size=32)
+    data = tdata.LanguageData(lang, cfg, 8)
+    target = lang.restrict(2, 16)
+    assert data.target.name == "anbn[2..16]"
+    assert data.floor == pytest.approx(math.log(8) / 10) == pytest.approx(
+        target.optimal_loss().per_token)
+    assert data.floor > 2 * lang.optimal_loss().per_token  # what it used to report
+    v = data.validation()
+    np.testing.assert_allclose(v.p_true, target.next_token_probs(v.ids)[:, :-1], atol=1e-6)
+    # the validation strings' own NLL under the rows is the exact NLL of the restricted language
+    n_tokens = int((v.ids[:, 1:] != 0).sum())
+    exact = -sum(target.log_prob(lang.vocab.decode(row)) for row in v.ids) / n_tokens
+    assert v.floor == pytest.approx(exact, rel=1e-5)
+    fixed = DataConfig(mode="fixed", per_length=1, lo=2, hi=16, max_length=18, eval_size=32)
+    assert tdata.LanguageData(lang, fixed, 8).floor == pytest.approx(data.floor)
+    fresh = tdata.LanguageData(lang, DataConfig(max_length=258, eval_size=8), 8)
+    assert fresh.target is lang and fresh.floor == pytest.approx(lang.optimal_loss().per_token)
+
+
+def test_an_empty_length_range_is_refused_naming_it():
+    cfg = DataConfig(mode="length_range", lo=3, hi=3, max_length=18, eval_size=8)
+    with pytest.raises(FormalLMError, match=r"\[3, 3\].*anbn\[3..3\]"):
+        tdata.LanguageData(fl.load("anbn"), cfg, 8)
+
+
+def test_data_identity_holds_the_grammar_fingerprint(tmp_path):
+    text = (ROOT / "grammars" / "anbn-short.toml").read_text()
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    cfg = DataConfig(max_length=36, eval_size=8)
+    first = tdata.LanguageData(fl.load(path), cfg, 4).identity()
+    assert first["fingerprint"] == fl.load("anbn-short").fingerprint()
+    path.write_text(text.replace('pattern = "a+b+"', 'pattern = "a*b*"'))  # a rule's value
+    second = tdata.LanguageData(fl.load(path), cfg, 4).identity()
+    assert second["validation"] == first["validation"]  # same strings, same rows ...
+    assert second["fingerprint"] != first["fingerprint"]  # ... but another grammar
+
+
+def test_a_changed_grammar_is_refused_on_resume(tmp_path):
+    from formal_lm.training.loop import RunChanged
+    text = (ROOT / "grammars" / "anbn-short.toml").read_text()
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    cfg = tiny_config(language=str(path), steps=2, eval_every=2, checkpoint_every=2, seeds=(0,),
+                      data=DataConfig(max_length=36, bucket=36, eval_size=8))
+    train(cfg, tmp_path / "run", progress=False)
+    path.write_text(text.replace('pattern = "a+b+"', 'pattern = "a*b*"'))
+    with pytest.raises(RunChanged, match="data"):
+        train(dataclasses.replace(cfg, steps=4), tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_relative_grammar_path_is_read_beside_the_config(tmp_path, monkeypatch):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "mine.toml").write_text((ROOT / "grammars" / "anbn-short.toml").read_text())
+    p = tmp_path / "g" / "c.toml"
+    p.write_text('language = "mine.toml"\nsteps = 1\n')
+    monkeypatch.chdir(ROOT)  # not the config's folder
+    cfg = load_config(p)
+    assert Path(cfg.language) == tmp_path / "g" / "mine.toml"
+    assert fl.load(cfg.language).fingerprint() == fl.load("anbn-short").fingerprint()
+    p.write_text('language = "anbn-short"\nsteps = 1\n')  # names are left alone
+    assert load_config(p).language == "anbn-short"
+    absolute = tmp_path / "g" / "mine.toml"
+    p.write_text(f'language = "{absolute}"\nsteps = 1\n')
+    assert load_config(p).language == str(absolute)

@@ -12,6 +12,7 @@ import numpy as np
 from formal_lm.analysis import measures as M
 from formal_lm.analysis.metrics import position_scores, set_terms
 from formal_lm.analysis.predictor import call_model
+from formal_lm.errors import FormalLMError, Problem
 from formal_lm.rules import Balanced
 from formal_lm.seeding import Stream, derive, rng
 
@@ -38,6 +39,7 @@ class LengthGeneralizationResult:
     length_bins: tuple[BinResult, ...]
     depth_bins: tuple[BinResult, ...]
     skipped_lengths: int  # requested lengths with no strings in the language
+    empty_bins: tuple[tuple[int, int], ...] = ()  # requested length bins with no strings at all
 
     def measures(self) -> tuple[M.Measure, ...]:
         out = []
@@ -112,18 +114,27 @@ def length_generalization(predictor, lang, *, train_max_length: int = 40,
         test_lengths: longer lengths to test.
         per_bin: strings per bin, spread over the bin's available lengths.
         bins: [(lo, hi)] inclusive length bins (default: the training range, then doubling).
+            A bin with no strings of the language is listed in the result's ``empty_bins``.
         threshold: next-symbol-set threshold.
+
+    KL is taken against the full language's next-token rows (a model trained on every length
+    should match them); ``skipped_lengths`` counts the requested lengths without strings.
+
+    Raises:
+        FormalLMError: when no length of ``test_lengths`` has a string in the language.
     """
     wanted = sorted(set(range(1, train_max_length + 1)) | set(test_lengths))
     pl = np.asarray(lang.length_distribution(max(wanted)))
     available = [L for L in wanted if L < len(pl) and pl[L] > 0]
     skipped = len(wanted) - len(available)
+    _check_test_lengths(lang, test_lengths, set(available))
     bins = list(bins) if bins is not None else _default_bins(train_max_length, wanted)
     pick = rng(seed, Stream.LENGTH)
-    length_results, all_strings, all_rows = [], [], []
+    length_results, all_strings, all_rows, empty = [], [], [], []
     for lo, hi in bins:
         Ls = [L for L in available if lo <= L <= hi]
         if not Ls:
+            empty.append((int(lo), int(hi)))  # said in the result, never dropped silently
             continue
         picks = pick.choice(Ls, size=per_bin, replace=len(Ls) < per_bin)
         strings = []
@@ -149,4 +160,14 @@ def length_generalization(predictor, lang, *, train_max_length: int = 40,
                                                *_bin(np.concatenate(all_rows)[sel]),
                                                hi <= train_depth))
     return LengthGeneralizationResult(train_max_length, threshold, tuple(length_results),
-                                      tuple(depth_results), skipped)
+                                      tuple(depth_results), skipped, tuple(empty))
+
+
+def _check_test_lengths(lang, test_lengths, available: set) -> None:
+    """A FormalLMError when no requested test length has a string in the language."""
+    test = sorted(set(test_lengths))
+    if test and not available.intersection(test):
+        raise FormalLMError(Problem(
+            f"{lang.name!r} has no strings with a length in test_lengths "
+            f"({test[0]}..{test[-1]}): there is nothing to test",
+            "pick test lengths with mass (see lang.length_distribution)"))

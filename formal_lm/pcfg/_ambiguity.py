@@ -1,5 +1,5 @@
-"""Unambiguity: an LL(1) check (sufficient), and a bounded search for a string with two
-leftmost derivations."""
+"""Unambiguity: LL(1) and LR(1) checks (each sufficient), and a bounded search for a string with
+two leftmost derivations."""
 from __future__ import annotations
 
 import math
@@ -98,3 +98,77 @@ def find_ambiguity(prods: Sequence[Production], nonterminals, start: str,
         level = nxt
     found = [s for s, c in done.items() if c >= 2]
     return min(found, key=lambda s: (len(s), s)) if found else None
+
+
+def is_lr1(prods: Sequence[Production], nonterminals, start: str,
+           by_lhs: Mapping[str, Sequence[int]], max_states: int = 3000) -> bool:
+    """Sufficient for unambiguity, and passed by every LL(1) grammar and more (left recursion,
+    for one): the canonical LR(1) automaton of the grammar augmented with S' -> start has no
+    shift-reduce or reduce-reduce conflict (Knuth 1965; an LR(k) grammar is unambiguous). Rules
+    count by index, so a repeated rule is a conflict. False (not proven) past ``max_states``.
+    """
+    nts = set(nonterminals)
+    nullable: set[str] = set()
+    first: dict[str, set] = {A: set() for A in nts}
+    changed = True
+    while changed:
+        changed = False
+        for lhs, rhs, _ in prods:
+            for x in rhs:
+                new = first[x] if x in nts else {x}
+                if not new <= first[lhs]:
+                    first[lhs] |= new
+                    changed = True
+                if x not in nullable:
+                    break
+            else:
+                if lhs not in nullable:
+                    nullable.add(lhs)
+                    changed = True
+    rules = [rhs for _, rhs, _ in prods] + [(start,)]  # the last is S' -> start
+    end = None  # the end-of-input lookahead
+
+    def lookaheads(seq, la) -> set:
+        out = set()
+        for x in seq:
+            out |= first[x] if x in nts else {x}
+            if x not in nullable:
+                return out
+        return out | {la}
+
+    def closure(items) -> frozenset:
+        items, todo = set(items), list(items)
+        while todo:
+            k, dot, la = todo.pop()
+            rhs = rules[k]
+            if dot < len(rhs) and rhs[dot] in nts:
+                for b in lookaheads(rhs[dot + 1:], la):
+                    for k2 in by_lhs[rhs[dot]]:
+                        if (k2, 0, b) not in items:
+                            items.add((k2, 0, b))
+                            todo.append((k2, 0, b))
+        return frozenset(items)
+
+    states = {closure({(len(prods), 0, end)})}
+    todo = list(states)
+    while todo:
+        state = todo.pop()
+        reduce: dict = {}
+        moves: dict = {}
+        for k, dot, la in state:
+            rhs = rules[k]
+            if dot == len(rhs):
+                if reduce.setdefault(la, k) != k:
+                    return False  # reduce-reduce
+            else:
+                moves.setdefault(rhs[dot], set()).add((k, dot + 1, la))
+        if any(la in moves for la in reduce):
+            return False  # shift-reduce (nonterminals never collide with terminals or None)
+        for items in moves.values():
+            nxt = closure(items)
+            if nxt not in states:
+                if len(states) >= max_states:
+                    return False
+                states.add(nxt)
+                todo.append(nxt)
+    return True

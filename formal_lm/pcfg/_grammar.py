@@ -13,87 +13,16 @@ import numpy as np
 
 from formal_lm import limits
 from formal_lm.errors import FormalLMError, Location, Problem, raise_if
-from formal_lm.language import Language, LengthStats, check_count
-from formal_lm.pcfg._ambiguity import find_ambiguity, is_ll1
+from formal_lm.language import Language, LengthStats, check_count, rules_definition
+from formal_lm.pcfg._ambiguity import find_ambiguity, is_ll1, is_lr1
 from formal_lm.pcfg._charts import forward, inside_by_length, inside_chart, next_token_tables
 from formal_lm.pcfg._checks import checked_rules
+from formal_lm.pcfg import _lengths
+from formal_lm.pcfg._lengths import closure_series, window_tables
+from formal_lm.pcfg._lengths import prefix_length_log_probs as length_prefixes
 from formal_lm.pcfg._normal_form import Production, partition_functions, to_cnf
 from formal_lm.pcfg._notation import parse_nltk
 from formal_lm.vocab import EOS_ID, PAD_ID, String
-
-
-def is_lr1(prods: Sequence[Production], nonterminals, start: str,
-           by_lhs: Mapping[str, Sequence[int]], max_states: int = 3000) -> bool:
-    """Sufficient for unambiguity, and passed by every LL(1) grammar and more (left recursion,
-    for one): the canonical LR(1) automaton of the grammar augmented with S' -> start has no
-    shift-reduce or reduce-reduce conflict (Knuth 1965; an LR(k) grammar is unambiguous). Rules
-    count by index, so a repeated rule is a conflict. False (not proven) past ``max_states``.
-    """
-    nts = set(nonterminals)
-    nullable: set[str] = set()
-    first: dict[str, set] = {A: set() for A in nts}
-    changed = True
-    while changed:
-        changed = False
-        for lhs, rhs, _ in prods:
-            for x in rhs:
-                new = first[x] if x in nts else {x}
-                if not new <= first[lhs]:
-                    first[lhs] |= new
-                    changed = True
-                if x not in nullable:
-                    break
-            else:
-                if lhs not in nullable:
-                    nullable.add(lhs)
-                    changed = True
-    rules = [rhs for _, rhs, _ in prods] + [(start,)]  # the last is S' -> start
-    end = None  # the end-of-input lookahead
-
-    def lookaheads(seq, la) -> set:
-        out = set()
-        for x in seq:
-            out |= first[x] if x in nts else {x}
-            if x not in nullable:
-                return out
-        return out | {la}
-
-    def closure(items) -> frozenset:
-        items, todo = set(items), list(items)
-        while todo:
-            k, dot, la = todo.pop()
-            rhs = rules[k]
-            if dot < len(rhs) and rhs[dot] in nts:
-                for b in lookaheads(rhs[dot + 1:], la):
-                    for k2 in by_lhs[rhs[dot]]:
-                        if (k2, 0, b) not in items:
-                            items.add((k2, 0, b))
-                            todo.append((k2, 0, b))
-        return frozenset(items)
-
-    states = {closure({(len(prods), 0, end)})}
-    todo = list(states)
-    while todo:
-        state = todo.pop()
-        reduce: dict = {}
-        moves: dict = {}
-        for k, dot, la in state:
-            rhs = rules[k]
-            if dot == len(rhs):
-                if reduce.setdefault(la, k) != k:
-                    return False  # reduce-reduce
-            else:
-                moves.setdefault(rhs[dot], set()).add((k, dot + 1, la))
-        if any(la in moves for la in reduce):
-            return False  # shift-reduce (nonterminals never collide with terminals or None)
-        for items in moves.values():
-            nxt = closure(items)
-            if nxt not in states:
-                if len(states) >= max_states:
-                    return False
-                states.add(nxt)
-                todo.append(nxt)
-    return True
 
 
 @final
@@ -261,6 +190,58 @@ class PCFG(Language):
         Same contract as ``Language.next_token_probs``; the charts of the batch are computed
         together (in chunks that bound memory).
         """
+        return self._batched(ids, self._tables, 0)
+
+    # ----- conditioned on a length range (Language.restrict; see _lengths) --------------------
+    def _window_bound(self, hi) -> int:
+        """``hi`` when the length-aware pass may take it (``_lengths.MAX_RESTRICT_LENGTH``)."""
+        hi, top = check_count("max_length", hi), _lengths.MAX_RESTRICT_LENGTH
+        if hi > top:
+            raise FormalLMError(Problem(
+                f"{self.name!r}: lengths up to {hi} are past the limit of {top} for a PCFG's "
+                "length-aware prefix probabilities (restrict, prefix_length_log_probs), which "
+                "cost O(L^3 N^2) per string", f"use max_length <= {top}, or raise "
+                "formal_lm.pcfg._lengths.MAX_RESTRICT_LENGTH"))
+        return hi
+
+    def _series(self, K: int):
+        """R(z) of ``_lengths.closure_series`` to degree K (cached to the largest asked)."""
+        have = self._cache.get("series")
+        if have is None or len(have[1]) < K + 1:
+            have = self._cache["series"] = closure_series(self._cnf, max(K, 1))
+        return have[0][: K + 1], have[1][: K + 1]
+
+    def prefix_length_log_probs(self, p, max_length: int) -> np.ndarray:
+        """ln P(a string starts with p and has length L), L = 0..max_length (at most
+        ``formal_lm.pcfg._lengths.MAX_RESTRICT_LENGTH``, a FormalLMError past it): the
+        Jelinek-Lafferty pass with every unseen sibling's length kept (``_lengths``)."""
+        max_length = self._window_bound(max_length)
+        ids = self._ids(p)
+        return length_prefixes(self._cnf, ids, max_length, self._series(max_length))
+
+    def _window_next_token_probs(self, ids, lo: int, hi: int) -> np.ndarray:
+        hi = self._window_bound(hi)
+        series, V = self._series(hi), self.vocab.size
+        return self._batched(ids, lambda s, n: window_tables(self._cnf, s, n, V, lo, hi, series),
+                             hi)
+
+    def _derivation_surprisal(self, max_length: int) -> np.ndarray:
+        """E[-ln p(d); |s| = L] over the binary grammar's derivations (they fix the string)."""
+        cnf = self._cnf
+        _, J, cs = inside_by_length(cnf, self._check_length("max_length", max_length), True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.nan_to_num(np.exp(cs) * J[:, cnf.start])
+        out[0] = -cnf.eps * math.log(cnf.eps) if cnf.eps > 0 else 0.0
+        return out
+
+    def _definition(self) -> dict:
+        return {"family": "pcfg", "start": self.start, "alphabet": list(self.alphabet),
+                "productions": [[a, list(rhs), p] for a, rhs, p in self.productions],
+                "rules": rules_definition(self.rules)}
+
+    def _batched(self, ids, tables, hi: int) -> np.ndarray:
+        """[B, T, V] rows from ``tables(terminal ids [b, n], lengths [b])`` over chunks of the
+        batch (``hi``: the degree of a length-aware pass, which takes memory too)."""
         ids, out = self._probs_buffer(ids)
         B, T = ids.shape
         V = self.vocab.size
@@ -268,7 +249,7 @@ class PCFG(Language):
             return out
         body = ids[:, 1:]
         stop = (body == EOS_ID) | (body == PAD_ID)
-        lengths = np.where(stop.any(1), stop.argmax(1), T - 1)  # [B]
+        lengths = np.where(stop.any(1), stop.argmax(1) if T > 1 else 0, T - 1)  # [B]
         n = int(lengths.max())
         self._check_chart(n)
         syms = np.full((B, n), -1, np.int64)  # terminal indices, -1 padding
@@ -277,13 +258,14 @@ class PCFG(Language):
             if np.any((row < 0) | (row >= V - 3)):
                 raise FormalLMError(f"row {r} of ids holds ids outside 3..{V - 1} before EOS")
             syms[r, : lengths[r]] = row
-        chunk = max(1, int(4e6 // ((n + 1) ** 2 * max(self._cnf.n, 1))))
+        N = max(self._cnf.n, 1)
+        chunk = max(1, int(4e6 // ((n + 1) ** 2 * N + hi * N * (n + 1 + N))))
         for lo in range(0, B, chunk):
-            hi = min(B, lo + chunk)
-            tables = self._tables(syms[lo:hi], lengths[lo:hi])  # [b, n+1, V]
-            for r in range(lo, hi):
+            top = min(B, lo + chunk)
+            got = tables(syms[lo:top], lengths[lo:top])  # [b, n+1, V]
+            for r in range(lo, top):
                 k = min(int(lengths[r]) + 1, T)
-                out[r, :k] = tables[r - lo, :k]
+                out[r, :k] = got[r - lo, :k]
         return out
 
     def _tables(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -421,7 +421,8 @@ def _model_config_problems(name: str, model: Mapping) -> list[str]:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Reads a TOML training config (see the module docstring for the layout).
+    """Reads a TOML training config (see the module docstring for the layout). A ``language``
+    that is a relative path to a ``.toml`` grammar file is read relative to the config's folder.
 
     Raises:
         FormalLMError: naming the file and every unknown, unused or invalid key.
@@ -434,4 +435,8 @@ def load_config(path: str | Path) -> TrainConfig:
         raise FormalLMError(Problem(f"cannot read config {path}: {e}")) from None
     except tomllib.TOMLDecodeError as e:
         raise FormalLMError(Problem(f"{path}: not valid TOML: {e}")) from None
+    language = d.get("language")
+    if isinstance(language, str) and language.endswith(".toml") and \
+            not Path(language).is_absolute():  # a grammar file beside the config
+        d["language"] = str(path.parent / language)
     return config_from_dict(d, source=str(path))

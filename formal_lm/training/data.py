@@ -227,8 +227,19 @@ def held_out(lang, cfg: DataConfig, stream: Stream = Stream.VAL, n: int | None =
     return src._in_range(n, (0,)) if cfg.lo is not None else src._fresh(n, (0,))
 
 
+def _tail(lang, longest: int) -> float:
+    """P(|s| > longest) under ``lang`` (0 when no string is longer)."""
+    return max(0.0, 1.0 - float(np.sum(lang.length_distribution(longest))))
+
+
 class LanguageData:
     """Exact samples of a language (per seed), its exact validation table and the objective.
+
+    With lengths in [lo, hi] (``length_range``, or per-length ``fixed`` data), the validation
+    strings come from the language conditioned on that range (``lang.restrict(lo, hi)``, kept as
+    ``target``), and so do the loss floor and the exact next-token rows behind the KL. Without
+    a range, strings longer than ``max_length - 2`` symbols are redrawn, so when the language
+    has such strings the target is the language restricted to ``[0, max_length - 2]``.
 
     Args:
         lang: the language.
@@ -244,7 +255,13 @@ class LanguageData:
         self.lang, self.data, self.batch_size, self.objective = lang, data, batch_size, objective
         self.vocab_size = lang.vocab.size
         self.bucket, self.max_tokens = data.bucket, data.max_length
-        loss_floor = lang.optimal_loss()  # exact, or an estimate with its error (ambiguity)
+        # what the strings are drawn from: with lengths in [lo, hi], the language conditioned on
+        # that range, whose floor and next-token rows the loss and KL are judged against
+        self.target = lang if data.lo is None else lang.restrict(data.lo, data.hi)
+        longest = data.max_length - 2  # "fresh" strings longer than this are redrawn: the
+        if data.lo is None and _tail(lang, longest) > 0:  # data is the language up to it
+            self.target = lang.restrict(0, longest)
+        loss_floor = self.target.optimal_loss()  # exact, or an estimate (ambiguity)
         self.floor, self.floor_stderr = float(loss_floor.per_token), float(loss_floor.stderr)
         self._sources: dict[int, Strings] = {}
         self.split = None
@@ -258,9 +275,13 @@ class LanguageData:
         self._validation = None
 
     def train_ids(self, seed: int, step: int) -> np.ndarray:
+        return self.lang.vocab.batch(self.train_strings(seed, step))
+
+    def train_strings(self, seed: int, step: int) -> list:
+        """The training strings of ``seed`` at ``step`` (what ``train_ids`` encodes)."""
         if seed not in self._sources:
             self._sources[seed] = Strings(self.lang, self.data, seed, self.batch_size)
-        return self.lang.vocab.batch(self._sources[seed].strings(step))
+        return self._sources[seed].strings(step)
 
     def ood_batch(self, seed: int, step: int):
         if self.split is None:
@@ -274,7 +295,7 @@ class LanguageData:
             val = held_out(self.lang, self.data, Stream.VAL)
             T = bucket_length(max(len(s) for s in val) + 2, self.data.bucket, self.data.max_length)
             ids = encode(self.lang, val, T)  # [N, T]
-            p_true = self.lang.next_token_probs(ids)[:, :-1].astype(np.float32)  # [N, T-1, V]
+            p_true = self.target.next_token_probs(ids)[:, :-1].astype(np.float32)  # [N, T-1, V]
             ood = None
             if self.split is not None:
                 ood = objectives.completion_batch(self.lang, self.split["heldout"],
@@ -292,6 +313,7 @@ class LanguageData:
     def identity(self) -> dict:
         v = self.validation()
         return {"kind": "language", "language": self.lang.name,
+                "fingerprint": self.lang.fingerprint(),
                 "validation": digest(v.ids, v.p_true),
                 "ood_split": None if self.split is None else digest(
                     {k: [list(p) for p in ps] for k, ps in self.split.items()})}

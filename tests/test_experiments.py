@@ -373,3 +373,29 @@ name = "lstm"
         load_experiment(p)
     msg = str(e.value)
     assert "per_language.dyck2" in msg and "stepz" in msg and "cannot change the architecture" in msg
+
+
+def test_a_mixed_regime_summarises_only_the_saturated_seeds(tiny_run, tmp_path):
+    """A threshold between the seeds' KLs lets some seeds in: the summary counts exactly those,
+    the left-out ones are listed apart, and no group with fewer seeds than a test needs gets a
+    verdict."""
+    import shutil
+    path, out, res, _ = tiny_run
+    kls = sorted((r["results"]["saturation"]["measures"]["kl"], r["group"], r["seed"])
+                 for r in res["records"])
+    cut = (kls[1][0] + kls[2][0]) / 2  # the two lowest-KL seeds are in
+    assert kls[1][0] < cut < kls[2][0]
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(TINY.replace("saturation = 10.0", f"saturation = {cut!r}"))
+    shutil.copytree(out, tmp_path / "out")
+    again = run_experiment(mixed, tmp_path / "out", progress=False)
+    lang = again["languages"]["anbn-short"]
+    inside = sorted([g, s] for _, g, s in kls[:2])
+    assert sorted(lang["regime"]["in_regime"]) == inside
+    assert sorted(lang["regime"]["left_out"]) == sorted([g, s] for _, g, s in kls[2:])
+    report = (tmp_path / "out" / "report.md").read_text()
+    summary = report.split("## Summary")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:3] for line in summary.splitlines() if line.startswith("| anbn")]
+    counts = {g.strip(): int(n) for g, n in rows}
+    assert counts == {g: sum(1 for x in inside if x[0] == g) for g, _ in inside}
+    assert lang["statistics"] is None and "**Finding.**" not in report

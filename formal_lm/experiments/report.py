@@ -112,6 +112,11 @@ def descriptions(records: Sequence[SeedRecord], keys: Sequence[str]) -> list[str
     return out
 
 
+def _at(r) -> str:
+    step = r.value("checkpoint.step")
+    return "" if step is None else f" (step {step:g})"
+
+
 def regime_section(reg, alpha: float) -> list[str]:
     """Which seeds the tables and claims use: the saturated ones, per group, and the rest with
     their KL (nothing when every seed is in)."""
@@ -121,14 +126,16 @@ def regime_section(reg, alpha: float) -> list[str]:
     need = seeds_needed(alpha)
     rows = []
     for g, (n_in, n) in reg.counts().items():
-        out = [f"seed {r.seed}: {fmt(r.value(reg.metric), digits=3)}" for r in reg.outside
+        out = [f"seed {r.seed}: {fmt(r.value(reg.metric), digits=3)}{_at(r)}" for r in reg.outside
                if r.group == g]
         note = "" if n_in >= need else f"too few to test (a test needs {need})"
         rows.append([g, f"{n_in}/{n}", "; ".join(out) or "–", note])
     return ["## Regime: saturated seeds only", "",
             f"The claims are about models in the saturation regime: a seed enters the summary "
             f"tables and the statistics only when its `{reg.metric}` is below {reg.threshold:g} "
-            "nats/token. The others are listed here with their KL and left out of every claim.",
+            "nats/token. The others are listed here with their KL (at the checkpoint the "
+            "metrics are read from) and left out of every claim: they did not reach the "
+            "threshold within the step budget.",
             "", *table(["group", "saturated", "left out (KL)", ""], rows), ""]
 
 

@@ -260,6 +260,8 @@ def test_scores_references_and_baselines():
     assert sc["oracle"].kl_oracle == pytest.approx(0.0, abs=1e-12)
     assert sc["oracle"].valid_mass == pytest.approx(1.0) and sc["oracle"].argmax_valid == 1.0
     assert sc["bayes"].kl_oracle > 0  # no in-context learner reaches the oracle
+    # the oracle gives no mass to symbols the Bayes predictor still allows: infinitely far
+    assert sc["oracle"].kl_bayes == np.inf
     assert all(s.set_name == "heldout" and s.gap_closed is None for s in sc.values())
     for n in ("unigram", "bigram", "trigram"):
         assert sc[n].kl_bayes > 0 and sc[n].kl_oracle > 0 and sc[n].ce > sc["oracle"].ce

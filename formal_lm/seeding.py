@@ -40,6 +40,8 @@ class Stream(enum.IntEnum):
     PLOT = 17          # jitter of strip plots
     FLOOR = 18         # samples of the Monte Carlo loss floor of an ambiguous language
     ICL_BAYES = 19     # particle filters of the Bayes-optimal in-context predictor
+    SPLIT = 23         # random choice of held-out combinations of a compositional split
+    COMPOSITIONAL = 24  # samples of the compositional-generalization analyzers
 
 
 SHARED = 0

@@ -5,6 +5,8 @@ examples that shrink toward short strings):
 
 - over a language: :func:`strings`, :func:`prefixes`, :func:`non_strings`, :func:`ood_prompts`;
 - of languages: :func:`pfsas`, :func:`counter_languages`, :func:`pcfgs`.
+- of compositional splits: :func:`held_out_counts`, :func:`count_splits`,
+  :func:`production_splits`, :func:`twin_splits`.
 
 Assertions over a model function ``ids [B, T] -> logits [B, T, V]`` that search for, shrink and
 report a counterexample: :func:`assert_completions_keep`, :func:`assert_next_token_sets`,
@@ -26,6 +28,8 @@ Example:
 from formal_lm.testing._assertions import (assert_close_to_language, assert_completions_keep,
                                            assert_next_token_sets, greedy_complete)
 from formal_lm.testing._languages import counter_languages, pcfgs, pfsas
+from formal_lm.testing._splits import (count_splits, held_out_counts, production_splits,
+                                      twin_splits)
 from formal_lm.testing._strategies import non_strings, ood_prompts, prefixes, strings
 from formal_lm.testing._training import cache_key, default_cache_dir, trained_model
 from formal_lm.testing._validation import InvalidStrategyArgument
@@ -36,14 +40,18 @@ __all__ = [
     "assert_completions_keep",
     "assert_next_token_sets",
     "cache_key",
+    "count_splits",
     "counter_languages",
     "default_cache_dir",
     "greedy_complete",
+    "held_out_counts",
     "non_strings",
     "ood_prompts",
     "pcfgs",
     "pfsas",
     "prefixes",
+    "production_splits",
     "strings",
     "trained_model",
+    "twin_splits",
 ]

@@ -13,6 +13,9 @@ runner selects it (lowest validation loss).
 - ``next_symbol_sets``: Bhattamishra et al.'s next-symbol-set accuracy.
 - ``length_generalization``: KL and set accuracy per length (and nesting-depth) bin.
 - ``compare_groups``: statistics over seeds: equivalence at a margin, differences with power.
+- ``systematicity``, ``productivity``, ``substitutivity``, ``localism``,
+  ``overgeneralisation``: Hupkes et al.'s compositionality tests against the exact language
+  (see docs/compositionality.md); ``summarize_seeds``: their measures over seeds.
 """
 from formal_lm.analysis.baselines import NGramModel, constant_model_fn, eos_model_fn, exact_model_fn
 from formal_lm.analysis.decoding import Completions, complete
@@ -33,6 +36,11 @@ from formal_lm.analysis.rule_extrapolation import (
 )
 from formal_lm.analysis.saturation import SaturationResult, saturation
 from formal_lm.analysis.comparison import GroupComparison, compare_groups
+from formal_lm.analysis.compositional import (ProductivityResult, SystematicityResult,
+                                              productivity, summarize_seeds, systematicity)
+from formal_lm.analysis.substitution import (LocalismResult, OvergeneralisationResult, PairScores,
+                                             SubstitutivityResult, constituents, localism,
+                                             overgeneralisation, substitutivity, twin_pairs)
 from formal_lm.analysis.equivalence import EquivalenceTest, default_margin, equivalence_test
 from formal_lm.analysis.stats import (
     DifferenceTest,
@@ -45,6 +53,10 @@ from formal_lm.analysis.stats import (
 )
 
 __all__ = [
+    "LocalismResult", "OvergeneralisationResult", "PairScores", "ProductivityResult",
+    "SubstitutivityResult", "SystematicityResult", "constituents", "localism",
+    "overgeneralisation", "productivity", "substitutivity", "summarize_seeds", "systematicity",
+    "twin_pairs",
     "BinResult", "ClassResult", "Completions", "DifferenceTest", "EquivalenceTest",
     "ExtrapolationScores", "FunctionPredictor", "GroupComparison", "IncrementalPredictor",
     "JaxModel", "LengthGeneralizationResult", "Measure", "NGramModel", "NextSymbolResult",

@@ -21,18 +21,29 @@ from typing import Any, Union
 import jax
 from flax import nnx
 
+from formal_lm.models.linear_attention import LinearAttentionConfig, LinearAttentionLM
 from formal_lm.models.lru import LRUConfig, LRULM
+from formal_lm.models.mamba import MambaConfig, MambaLM
+from formal_lm.models.memory_rnn import StackRNNConfig, StackRNNLM, TapeRNNConfig, TapeRNNLM
 from formal_lm.models.recurrent import LSTMConfig, LSTMLM, RNNConfig, RNNLM
 from formal_lm.models.transformer import TransformerConfig, TransformerLM
 
 __all__ = [
     "CONFIGS",
+    "LinearAttentionConfig",
+    "LinearAttentionLM",
     "LRUConfig",
     "LRULM",
     "LSTMConfig",
     "LSTMLM",
+    "MambaConfig",
+    "MambaLM",
     "RNNConfig",
     "RNNLM",
+    "StackRNNConfig",
+    "StackRNNLM",
+    "TapeRNNConfig",
+    "TapeRNNLM",
     "TransformerConfig",
     "TransformerLM",
     "count_params",
@@ -41,7 +52,8 @@ __all__ = [
     "param_count_formula",
 ]
 
-ModelConfig = Union[TransformerConfig, LSTMConfig, RNNConfig, LRUConfig]
+ModelConfig = Union[TransformerConfig, LSTMConfig, RNNConfig, LRUConfig, StackRNNConfig,
+                    TapeRNNConfig, MambaConfig, LinearAttentionConfig]
 """Any of the model config dataclasses."""
 
 CONFIGS: dict[str, type] = {
@@ -49,6 +61,10 @@ CONFIGS: dict[str, type] = {
     "lstm": LSTMConfig,
     "rnn": RNNConfig,
     "lru": LRUConfig,
+    "stack_rnn": StackRNNConfig,
+    "tape_rnn": TapeRNNConfig,
+    "mamba": MambaConfig,
+    "linear_attention": LinearAttentionConfig,
 }
 """Registry: model name -> config dataclass."""
 
@@ -57,6 +73,10 @@ _MODELS: dict[type, type] = {
     LSTMConfig: LSTMLM,
     RNNConfig: RNNLM,
     LRUConfig: LRULM,
+    StackRNNConfig: StackRNNLM,
+    TapeRNNConfig: TapeRNNLM,
+    MambaConfig: MambaLM,
+    LinearAttentionConfig: LinearAttentionLM,
 }
 
 
@@ -99,7 +119,8 @@ def make(
     config: ModelConfig | None = None,
     **overrides: Any,
 ) -> nnx.Module:
-    """Builds model ``name`` ("transformer", "lstm", "rnn" or "lru").
+    """Builds model ``name`` (a key of ``CONFIGS``: "transformer", "lstm", "rnn", "lru",
+    "stack_rnn", "tape_rnn", "mamba" or "linear_attention").
 
     Either pass ``vocab_size`` and config fields as keywords, or an already-built
     ``config=`` dataclass (keywords, if any, then override its fields). Unknown
@@ -163,6 +184,8 @@ def param_count_formula(name: str, config: ModelConfig) -> int:
     """
     if name not in CONFIGS or type(config) is not CONFIGS[name]:
         raise ValueError(f"name={name!r} and config={type(config).__name__} do not match")
+    if name in _FORMULAS:
+        return _FORMULAS[name](config)
     c = config
     v = c.vocab_size
     if name == "transformer":
@@ -187,3 +210,37 @@ def param_count_formula(name: str, config: ModelConfig) -> int:
     per_layer = 3 * n + 2 * n * d + 2 * d * n + d  # nu, theta, gamma; B, C (re, im); D
     per_layer += 2 * d + (d * 2 * d + 2 * d)  # LayerNorm; GLU linear
     return v * d + c.n_layers * per_layer + 2 * d + (d * v + v)
+
+
+def _memory_rnn_count(c, w: int, n_actions: int) -> int:
+    """Stack-RNN / Tape-RNN: per layer W_x x + b, U h, R read, value (with bias), actions."""
+    n = c.hidden
+    layers = 0
+    for i in range(c.n_layers):
+        d_in = c.d_model if i == 0 else n
+        layers += (d_in * n + n) + n * n + w * n + (n * w + w) + (n * n_actions + n_actions)
+    return c.vocab_size * c.d_model + layers + (n * c.vocab_size + c.vocab_size)
+
+
+def _mamba_count(c) -> int:
+    """Mamba: per block RMSNorm, in/out projections, conv, x/dt projections, A_log, D."""
+    d, n, k = c.d_model, c.d_state, c.d_conv
+    r = c.dt_rank if c.dt_rank is not None else -(-d // 16)
+    e = c.expand * d
+    per_layer = d + d * 2 * e + (k * e + e) + e * (r + 2 * n) + (r * e + e) + e * n + e + e * d
+    return c.vocab_size * d + c.n_layers * per_layer + d + (d * c.vocab_size + c.vocab_size)
+
+
+def _linear_attention_count(c) -> int:
+    """Linear attention: per block q/k/v/out with biases, the MLP, two LayerNorms."""
+    d, f = c.d_model, c.d_ff
+    per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * (2 * d)
+    return c.vocab_size * d + c.n_layers * per_layer + 2 * d + (d * c.vocab_size + c.vocab_size)
+
+
+_FORMULAS = {
+    "stack_rnn": lambda c: _memory_rnn_count(c, c.stack_width, 3),  # push, pop, no-op
+    "tape_rnn": lambda c: _memory_rnn_count(c, c.tape_width, 4),  # write-stay, -left, -right, no-op
+    "mamba": _mamba_count,
+    "linear_attention": _linear_attention_count,
+}

@@ -728,17 +728,35 @@ def test_next_symbol_measures(anbn):
     assert 0 < n_short < 32
     r = next_symbol_sets(exact_model_fn(anbn), anbn, strings, threshold=0.01, train_max_length=20)
     ms = check_measures(r)
-    assert set(ms) == {"nss_per_string", "nss_per_position", "nss_per_string_longer",
-                       "nss_per_position_longer"}
+    assert set(ms) == {"nss_per_string", "nss_per_position", "nss_unscored",
+                       "nss_per_string_longer", "nss_per_position_longer", "nss_unscored_longer"}
     assert ms["nss_per_string"].headline and not ms["nss_per_string_longer"].headline
     assert ms["nss_per_string"].scope == ms["nss_per_position"].scope == M.IN_DISTRIBUTION
     assert ms["nss_per_string_longer"].scope == M.OUT_OF_DISTRIBUTION
     assert r.in_distribution.n_strings == n_short
-    assert all(m.value == 1.0 for m in ms.values())
+    assert all(m.value == (0.0 if "unscored" in k else 1.0) for k, m in ms.items())
     uniform = constant_model_fn(anbn.vocab.size, EOS_ID, margin=0.0)
     ms = check_measures(next_symbol_sets(uniform, anbn, strings, threshold=0.1))
-    assert set(ms) == {"nss_per_string", "nss_per_position"}  # no training length: no OOD group
+    assert set(ms) == {"nss_per_string", "nss_per_position", "nss_unscored"}  # no OOD group
     assert ms["nss_per_string"].value == ms["nss_per_position"].value == 0.0
+
+
+def test_next_symbol_sets_leave_out_positions_the_threshold_cannot_judge():
+    """bbaN = b^m a^(2n), m ~ U{1..16}, n ~ U{0..24}: after b^k (k < 16) EOS is legal with
+    probability P(m = k | m >= k) P(n = 0) = 1 / (25 (17 - k)) < 0.01, so at threshold 0.01 even
+    the exact language's set misses EOS there. Those positions are left out (and counted), and
+    the exact model scores 1; at a threshold below every legal probability all are scored."""
+    import formal_lm as fl
+    lang = fl.load("bbaN")
+    s = ("b", "b", "a", "a")
+    r = next_symbol_sets(exact_model_fn(lang), lang, [s], threshold=0.01)
+    # targets: after BOS (b only), after b (b, a, EOS: EOS 1/400), after bb (EOS 1/375), after
+    # bba (a only), after bbaa (a, EOS 1/24 > 0.01)
+    assert (r.in_distribution.n_positions, r.in_distribution.n_unscored) == (3, 2)
+    assert r.in_distribution.per_string == r.in_distribution.per_position == 1.0
+    fine = next_symbol_sets(exact_model_fn(lang), lang, [s], threshold=1e-4)
+    assert (fine.in_distribution.n_positions, fine.in_distribution.n_unscored) == (5, 0)
+    assert fine.in_distribution.per_string == 1.0
 
 
 def test_next_symbol_sets_wrong_model(anbn):

@@ -86,7 +86,7 @@ def _per_string(predictor, lang, strings, threshold, batch_size) -> np.ndarray:
         logits = call_model(predictor, ids, batch_size=batch_size)
         p = lang.next_token_probs(ids)
         pos = position_scores(logits, p, ids)
-        c, sc = set_terms(logits, p, ids, threshold)
+        c, sc, _ = set_terms(logits, p, ids, threshold)
         out[idx] = np.stack([pos.kl.sum(1), pos.mask.sum(1), c.sum(1), sc.sum(1),
                              np.all(c | ~sc, axis=1)], axis=1)
     return out

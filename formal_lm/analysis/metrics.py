@@ -95,16 +95,22 @@ def position_scores(logits: np.ndarray, p: np.ndarray, ids: np.ndarray) -> Posit
 
 
 def set_terms(logits: np.ndarray, exact: np.ndarray, ids: np.ndarray, threshold: float):
-    """Next-symbol sets (Bhattamishra et al. 2020): (correct [B, T], scored [B, T]).
+    """Next-symbol sets (Bhattamishra et al. 2020): (correct, scored, unscored), each [B, T].
 
     The predicted set is the tokens with model probability > ``threshold``; the legal set is
     the tokens with exact probability > 0. A scored position (a real target with a known
-    exact row) is correct when the two sets are equal.
+    exact row) is correct when the two sets are equal. A position where some legal token has
+    exact probability <= ``threshold`` is *unscored*: there even the exact language's own set
+    differs from the legal set, so the comparison says nothing about the model (lower the
+    threshold to score it).
     """
     probs = softmax(logits)
-    scored = target_mask(ids) & (exact.sum(-1) > 0)
-    correct = np.all((probs > threshold) == (exact > 0), axis=-1) & scored
-    return correct, scored
+    legal = exact > 0
+    known = target_mask(ids) & legal.any(-1)
+    posed = np.all(~legal | (exact > threshold), axis=-1)
+    scored = known & posed
+    correct = np.all((probs > threshold) == legal, axis=-1) & scored
+    return correct, scored, known & ~posed
 
 
 def mean_nll(predictor, ids: np.ndarray, *, batch_size: int = 256) -> float:

@@ -3,7 +3,9 @@
 At each position of a string of the language, the model's predicted set is the tokens it gives
 probability > ``threshold``; the legal set is the tokens with exact probability > 0 (symbols and
 EOS). A position is correct when the sets are equal; a string is correct when all its positions are.
-Positions whose prefix is impossible under the language have no legal set and are not scored.
+Positions whose prefix is impossible under the language have no legal set and are not scored;
+nor are positions where a legal token's exact probability is at most ``threshold`` (there the
+exact language itself would fail; their share is reported as ``nss_unscored``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class SetAccuracy:
     n_positions: int
     per_position: float
     per_string: float
+    n_unscored: int = 0  # positions left out: a legal token has exact probability <= threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,24 +56,29 @@ class NextSymbolResult:
                                f"share of {what} whose every next-symbol set is right",
                                headline=not where),
                     M.fraction(f"nss_per_position{where}", acc.per_position, scope,
-                               f"share of positions of {what} with the right next-symbol set")]
+                               f"share of positions of {what} with the right next-symbol set"),
+                    M.fraction(f"nss_unscored{where}",
+                               acc.n_unscored / max(acc.n_positions + acc.n_unscored, 1), scope,
+                               f"share of positions of {what} not scored: a legal token's exact "
+                               "probability is at most the threshold")]
         return tuple(out)
 
 
 def set_correct(predictor, lang, ids: np.ndarray, threshold: float, *,
-                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(correct [B, T], scored [B, T]) for ids [B, T]."""
+                batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(correct, scored, unscored), each [B, T], for ids [B, T] (see ``metrics.set_terms``)."""
     logits = call_model(predictor, ids, batch_size=batch_size)  # [B, T, V]
     return set_terms(logits, lang.next_token_probs(ids), ids, threshold)
 
 
-def _accuracy(correct, scored) -> SetAccuracy:
+def _accuracy(correct, scored, unscored) -> SetAccuracy:
     n = len(correct)
     if n == 0:
         return SetAccuracy(0, 0, float("nan"), float("nan"))
     n_pos = int(scored.sum())
     per_string = np.all(correct | ~scored, axis=1)
-    return SetAccuracy(n, n_pos, float(correct.sum() / max(n_pos, 1)), float(per_string.mean()))
+    return SetAccuracy(n, n_pos, float(correct.sum() / max(n_pos, 1)), float(per_string.mean()),
+                       int(unscored.sum()))
 
 
 def next_symbol_sets(predictor, lang, strings: Sequence, *, threshold: float,
@@ -87,23 +95,23 @@ def next_symbol_sets(predictor, lang, strings: Sequence, *, threshold: float,
     """
     strings = [lang.vocab.as_string(s) for s in strings]
     if not strings:
-        empty = _accuracy(np.zeros((0, 1), bool), np.zeros((0, 1), bool))
+        empty = _accuracy(*[np.zeros((0, 1), bool)] * 3)
         return NextSymbolResult(threshold, train_max_length, empty, empty, ())
     correct_rows = []
     order = np.argsort([len(s) for s in strings], kind="stable")  # similar lengths share a batch
     for i in range(0, len(strings), batch_size):
         idx = order[i: i + batch_size]
         ids = lang.vocab.batch([strings[j] for j in idx])
-        c, s = set_correct(predictor, lang, ids, threshold, batch_size=batch_size)
+        c, s, u = set_correct(predictor, lang, ids, threshold, batch_size=batch_size)
         for k, j in enumerate(idx):
-            correct_rows.append((j, c[k], s[k]))
+            correct_rows.append((j, c[k], s[k], u[k]))
     correct_rows.sort(key=lambda r: r[0])
     T = max(len(r[1]) for r in correct_rows)
-    C = np.zeros((len(strings), T), bool)
-    S = np.zeros((len(strings), T), bool)
-    for j, c, s in correct_rows:
-        C[j, : len(c)], S[j, : len(s)] = c, s
+    C, S, U = (np.zeros((len(strings), T), bool) for _ in range(3))
+    for j, c, s, u in correct_rows:
+        C[j, : len(c)], S[j, : len(s)], U[j, : len(u)] = c, s, u
     long = np.array([train_max_length is not None and len(s) > train_max_length for s in strings])
     per_string = np.all(C | ~S, axis=1)
-    return NextSymbolResult(threshold, train_max_length, _accuracy(C[~long], S[~long]),
-                            _accuracy(C[long], S[long]), tuple(bool(x) for x in per_string))
+    return NextSymbolResult(threshold, train_max_length, _accuracy(C[~long], S[~long], U[~long]),
+                            _accuracy(C[long], S[long], U[long]),
+                            tuple(bool(x) for x in per_string))

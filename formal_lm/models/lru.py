@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from formal_lm.models._common import _dropout, _dropout_problems, _int_problems, _ModelConfig, _StackedLM
+from formal_lm.models._hidden import _HiddenStates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,7 @@ class _LRULayer(nnx.Module):
         return self._mix(x, self._readout(h, u), rngs), h
 
 
-class LRULM(_StackedLM):
+class LRULM(_HiddenStates, _StackedLM):
     """Stacked-LRU language model; build it with ``make("lru", ...)``.
 
     Same interface as every model (``model(ids)``, ``init_state``, ``step``); its decoding

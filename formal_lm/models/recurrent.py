@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from formal_lm.models._common import _dropout, _dropout_problems, _int_problems, _ModelConfig, _StackedLM
+from formal_lm.models._hidden import _HiddenStates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ class _ElmanLayer(nnx.Module):
 # --------------------------------------------------------------------------- LMs
 
 
-class _RecurrentLM(_StackedLM):
+class _RecurrentLM(_HiddenStates, _StackedLM):
     """Embedding -> stacked recurrent layers (``_layer``), dropout after each -> unembedding;
     shared by the LSTM and the Elman RNN, which differ only in their layer."""
 
@@ -160,6 +161,21 @@ class _RecurrentLM(_StackedLM):
     def _cell(self, layer, x, carry, rngs):
         y, carry = layer.cell(x, carry)
         return self.drop(y, rngs=rngs), carry  # [B, N]
+
+    def _patched_sequence(self, layer, x, hit, value):
+        """The layer run cell by cell; at ``hit`` [B, T] its output h becomes value [B, N],
+        and so does the h it carries on (an LSTM's cell c is not replaced)."""
+        value = jnp.broadcast_to(jnp.asarray(value, jnp.float32), (x.shape[0], layer.hidden))
+
+        def body(carry, inp):
+            x_t, hit_t = inp  # [B, D], [B]
+            y, carry = layer.cell(x_t, carry)
+            y = jnp.where(hit_t[:, None], value, y)  # [B, N]
+            return (y,) + tuple(carry[1:]), y
+
+        _, ys = jax.lax.scan(body, layer.zero_carry(x.shape[0]),
+                             (jnp.swapaxes(x, 0, 1), jnp.swapaxes(hit, 0, 1)))
+        return self.drop(jnp.swapaxes(ys, 0, 1))  # [B, T, N]
 
     def _head(self, x):
         return self.unembed(x).astype(jnp.float32)

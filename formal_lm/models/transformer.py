@@ -27,6 +27,7 @@ from flax import nnx
 
 from formal_lm.models._common import (_as_rngs, _dropout, _dropout_problems, _int_problems, _is_int,
                                       _ModelConfig)
+from formal_lm.models._hidden import _check_layer, _hit, _overwrite
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
 NORMS = ("pre", "post")
@@ -153,6 +154,12 @@ def _attend(
     Packed rows pass per-token positions q_pos [B, T], k_pos [B, S] and segment ids q_seg
     [B, T], k_seg [B, S]: a query then sees the keys of its own segment at positions <= its own.
     """
+    weights = _attention_probs(q, k, q_pos, k_pos, slopes, q_seg, k_seg)  # [B, H, T, S]
+    return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
+
+
+def _attention_probs(q, k, q_pos, k_pos, slopes, q_seg=None, k_seg=None) -> jax.Array:
+    """The causal attention weights of ``_attend``: float32 [B, H, T, S], rows sum to 1."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = jnp.einsum("bthk,bshk->bhts", q, k).astype(jnp.float32) * scale  # [B, H, T, S]
     dist = (q_pos[..., :, None] - k_pos[..., None, :]).astype(jnp.float32)  # [(B,) T, S]
@@ -166,8 +173,7 @@ def _attend(
     if slopes is not None:
         scores = scores - jnp.asarray(slopes)[:, None, None] * dist  # ALiBi
     scores = jnp.where(mask, scores, _NEG)
-    weights = jax.nn.softmax(scores, axis=-1)  # [B, H, T, S] float32
-    return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
+    return jax.nn.softmax(scores, axis=-1)  # [B, H, T, S] float32
 
 
 # --------------------------------------------------------------------------- modules
@@ -233,6 +239,17 @@ class _Block(nnx.Module):
             o = outs[0] if n == 1 else jnp.concatenate(outs, axis=1)  # [B, T, H, K]
         o = o.reshape(b, t, d)  # [B, T, D]
         return self.attn_out(o), cache
+
+    def attention_weights(self, x, pos):
+        """The block's attention weights on its input x [B, T, D]: float32 [B, H, T, T]."""
+        h = self.ln1(x) if self.norm == "pre" else x
+        b, t, d = h.shape
+        shape = (b, t, self.n_heads, d // self.n_heads)
+        q, k = self.query(h).reshape(shape), self.key(h).reshape(shape)  # [B, T, H, K]
+        if self.pos_encoding == "rope":
+            q, k = _rope(q, pos), _rope(k, pos)
+        slopes = _alibi_slopes(self.n_heads) if self.pos_encoding == "alibi" else None
+        return _attention_probs(q, k, pos, pos, slopes)
 
     def _mlp(self, h):
         return self.fc2(ACTIVATIONS[self.activation](self.fc1(h)))  # [B, T, D]
@@ -304,6 +321,42 @@ class TransformerLM(nnx.Module):
         for block in self.blocks:
             x, _ = block(x, pos, None, rngs)
         return self._head(x)
+
+    def _residuals(self, ids, patch=None) -> list[jax.Array]:
+        """The residual stream [B, T, D] after the embedding and after each block (eval mode);
+        ``patch`` = (layer, hit [B, T], value) overwrites one of them where ``hit``."""
+        t = ids.shape[1]
+        if self.config.pos_encoding == "learned" and t > self.config.max_len:
+            raise ValueError(f"sequence length T={t} exceeds max_len={self.config.max_len}")
+        pos = jnp.arange(t)  # [T]
+        x = self._embed(ids, pos, None)
+        out = []
+        for i in range(len(self.blocks) + 1):
+            if i:
+                x, _ = self.blocks[i - 1](x, pos, None, None)
+            if patch is not None and patch[0] == i:
+                x = _overwrite(x, patch[1], patch[2])
+            out.append(x)
+        return out
+
+    def hidden_states(self, ids: jax.Array) -> tuple[jax.Array, ...]:
+        """ids int32 [B, T] -> L + 1 arrays [B, T, D]: the residual stream after the embedding
+        (positions added) and after each block, before the final norm (eval mode)."""
+        return tuple(self._residuals(ids))
+
+    def attention_weights(self, ids: jax.Array) -> jax.Array:
+        """ids int32 [B, T] -> float32 [L, B, H, T, T]: weights[l, b, h, i, j] is how much
+        query i attends to key j in block l (0 for j > i; rows sum to 1)."""
+        xs = self._residuals(ids)
+        pos = jnp.arange(ids.shape[1])
+        return jnp.stack([blk.attention_weights(x, pos) for blk, x in zip(self.blocks, xs)])
+
+    def patched_logits(self, ids: jax.Array, layer: int, pos, value) -> jax.Array:
+        """Logits [B, T, V] with the residual stream after ``layer`` (0: the embedding) at
+        position ``pos`` (int or int [B]) replaced by ``value`` [B, D] (or [D]) in each row;
+        later blocks (at that position and, through attention, after it) see the new value."""
+        layer = _check_layer(layer, len(self.blocks))
+        return self._head(self._residuals(ids, (layer, _hit(ids.shape, pos), value))[-1])
 
     def _packed(self, ids: jax.Array, pos: jax.Array, seg: jax.Array,
                 *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:

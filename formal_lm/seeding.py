@@ -40,6 +40,9 @@ class Stream(enum.IntEnum):
     PLOT = 17          # jitter of strip plots
     FLOOR = 18         # samples of the Monte Carlo loss floor of an ambiguous language
     ICL_BAYES = 19     # particle filters of the Bayes-optimal in-context predictor
+    PROBE = 20         # a probe's initialisation and its train / test split of strings
+    PROBE_CONTROL = 21  # the random token-type -> label map of a probe's control task
+    INTERVENTION = 22  # the pairing of base and source prefixes of interchange interventions
     SPLIT = 23         # random choice of held-out combinations of a compositional split
     COMPOSITIONAL = 24  # samples of the compositional-generalization analyzers
 

@@ -12,11 +12,18 @@ runner selects it (lowest validation loss).
   immediately" and n-gram baselines.
 - ``next_symbol_sets``: Bhattamishra et al.'s next-symbol-set accuracy.
 - ``length_generalization``: KL and set accuracy per length (and nesting-depth) bin.
+- ``probe``: linear / MLP probes for a language's exact latent variables, per layer, in and
+  off distribution, with control tasks; ``interchange``: interchange interventions scored
+  against the exact counterfactual next-token distribution (see docs/probing.md).
 - ``compare_groups``: statistics over seeds: equivalence at a margin, differences with power.
 - ``systematicity``, ``productivity``, ``substitutivity``, ``localism``,
   ``overgeneralisation``: Hupkes et al.'s compositionality tests against the exact language
   (see docs/compositionality.md); ``summarize_seeds``: their measures over seeds.
 """
+from formal_lm.analysis.activations import (FunctionActivations, ModelActivations,
+                                            as_activations, collect_states)
+from formal_lm.analysis.interventions import InterventionLayer, InterventionResult, interchange
+from formal_lm.analysis.probing import LayerProbe, ProbeFit, ProbeResult, probe
 from formal_lm.analysis.baselines import NGramModel, constant_model_fn, eos_model_fn, exact_model_fn
 from formal_lm.analysis.decoding import Completions, complete
 from formal_lm.analysis.length import BinResult, LengthGeneralizationResult, length_generalization
@@ -57,6 +64,9 @@ __all__ = [
     "SubstitutivityResult", "SystematicityResult", "constituents", "localism",
     "overgeneralisation", "productivity", "substitutivity", "summarize_seeds", "systematicity",
     "twin_pairs",
+    "FunctionActivations", "InterventionLayer", "InterventionResult", "LayerProbe",
+    "ModelActivations", "ProbeFit", "ProbeResult", "as_activations", "collect_states",
+    "interchange", "probe",
     "BinResult", "ClassResult", "Completions", "DifferenceTest", "EquivalenceTest",
     "ExtrapolationScores", "FunctionPredictor", "GroupComparison", "IncrementalPredictor",
     "JaxModel", "LengthGeneralizationResult", "Measure", "NGramModel", "NextSymbolResult",

@@ -132,8 +132,14 @@ def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<di
     chk = Checker(source)
     exp0 = raw.get("experiment", {})
     kind = exp0.get("kind", "grid") if isinstance(exp0, Mapping) else "grid"
+    if kind == "probing":  # a grid file plus a [probing] table (experiments/probing.py)
+        from formal_lm.experiments.probing import probing_experiment
+        rest = {k: v for k, v in raw.items() if k != "probing"}
+        rest["experiment"] = {**exp0, "kind": "grid"}
+        grid = experiment_from_dict(rest, full=full, source=source)
+        return probing_experiment(grid, raw.get("probing"), chk)
     if kind not in KINDS:
-        chk.bad(f"experiment.kind={kind!r} is not allowed", f"use one of {KINDS}")
+        chk.bad(f"experiment.kind={kind!r} is not allowed", f"use one of {KINDS + ('probing',)}")
         chk.raise_if()
     chk.keys(raw, COMMON_TABLES | KIND_TABLES[kind], "")
     full_table = chk.keys(raw.get("full", {}), COMMON_TABLES | KIND_TABLES[kind] - {"full"},

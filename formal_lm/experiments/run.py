@@ -10,15 +10,16 @@ from formal_lm.experiments.grid import cell_specs as grid_cell_specs
 from formal_lm.experiments.grid import run_grid
 from formal_lm.experiments.icl import run_icl
 from formal_lm.experiments.loader import load_experiment
+from formal_lm.experiments.probing import run_probing
 from formal_lm.training.lock import hold
 
-RUNNERS = {"grid": run_grid, "icl": run_icl, "finetune": run_finetune}
+RUNNERS = {"grid": run_grid, "icl": run_icl, "finetune": run_finetune, "probing": run_probing}
 
 
 def units(ex) -> list[str]:
     """The independent training runs of an experiment that jobs can share out: a grid's cells,
     an ICL study's models (a fine-tuning study's runs depend on each other: not shared out)."""
-    if ex.kind == "grid":
+    if ex.kind in ("grid", "probing"):
         return [spec[0] for spec in grid_cell_specs(ex)]
     if ex.kind == "icl":
         return list(ex.models)

@@ -165,7 +165,11 @@ def test_subspace_swap_moves_only_the_projection():
 
 # ----------------------------------------------------------------------------------- models
 CASES = {"transformer": dict(d_model=8, n_heads=2, d_ff=16, n_layers=1, max_len=32),
-         "lstm": dict(d_model=4, hidden=8, n_layers=2), "lru": dict(d_model=8, d_state=4)}
+         "lstm": dict(d_model=4, hidden=8, n_layers=2), "lru": dict(d_model=8, d_state=4),
+         "stack_rnn": dict(d_model=4, hidden=8, n_layers=2, stack_size=4, stack_width=2),
+         "tape_rnn": dict(d_model=4, hidden=8, n_layers=1, tape_size=4, tape_width=2),
+         "mamba": dict(d_model=8, d_state=4, n_layers=2),
+         "linear_attention": dict(d_model=8, n_heads=2, d_ff=16, n_layers=2)}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -182,7 +186,7 @@ def every_pass(graphdef, state, ids, pos, values):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_model_hidden_states_and_patching(case):
-    m = make(case.split("-")[0], vocab_size=V, seed=0, **CASES[case])
+    m = make(case, vocab_size=V, seed=0, **CASES[case])
     ids = jnp.array([[1, 3, 3, 4, 4, 2], [1, 3, 4, 2, 0, 0]], jnp.int32)
     pos = jnp.array([2, 1])
     n = m.config.n_layers + 1

@@ -30,6 +30,7 @@ from flax import nnx
 
 from formal_lm.models._common import (_dropout, _dropout_problems, _int_problems, _is_int,
                                       _ModelConfig, _StackedLM)
+from formal_lm.models._hidden import _HiddenStates
 
 EPS = 1e-6  # added to the normaliser phi(q)^T z
 
@@ -115,7 +116,7 @@ class _LinearAttentionLayer(nnx.Module):
         return self._finish(x, num / den, rngs), s, z
 
 
-class LinearAttentionLM(_StackedLM):
+class LinearAttentionLM(_HiddenStates, _StackedLM):
     """Causal linear-attention language model; build it with ``make("linear_attention", ...)``.
 
     Decoding state: {"pos": int32 [], "s": [L, B, H, K, K], "z": [L, B, H, K]}.

@@ -39,6 +39,7 @@ from flax import nnx
 
 from formal_lm.models._common import (_dropout, _dropout_problems, _int_problems, _is_int,
                                       _ModelConfig, _StackedLM)
+from formal_lm.models._hidden import _HiddenStates
 
 DT_MIN, DT_MAX = 0.001, 0.1  # the range of the initial step sizes softplus(b_dt)
 
@@ -156,7 +157,7 @@ class _MambaLayer(nnx.Module):
         return self._out(x, h, c, u, z, rngs), window[:, 1:], h
 
 
-class MambaLM(_StackedLM):
+class MambaLM(_HiddenStates, _StackedLM):
     """Mamba language model; build it with ``make("mamba", ...)``.
 
     Decoding state: {"pos": int32 [], "conv": [L, B, K-1, E], "h": [L, B, E, N]}; O(E N + D E)

@@ -46,6 +46,7 @@ from flax import nnx
 
 from formal_lm.models._common import (_dropout, _dropout_problems, _int_problems, _ModelConfig,
                                       _StackedLM)
+from formal_lm.models._hidden import _HiddenStates
 
 STACK_ACTIONS = ("push", "pop", "no-op")
 TAPE_ACTIONS = ("write-stay", "write-left", "write-right", "no-op")
@@ -203,7 +204,7 @@ class _MemoryLayer(nnx.Module):
 # --------------------------------------------------------------------------- LMs
 
 
-class _MemoryLM(_StackedLM):
+class _MemoryLM(_HiddenStates, _StackedLM):
     """Embedding -> stacked memory layers (dropout after each) -> unembedding."""
 
     _actions: tuple[str, ...]

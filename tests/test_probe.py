@@ -294,3 +294,87 @@ def test_probing_experiment_runs(tmp_path):
         assert iia and all(0 <= v <= 1 for v in iia)
     report = (tmp_path / "report.md").read_text()
     assert "OOD probe accuracy vs R1 extrapolation" in report
+
+
+TINY_PROBING = """
+[experiment]
+name = "tiny-probing"
+kind = "probing"
+languages = ["anbn-short"]
+eval_seed = 3
+
+[train]
+steps = 30
+seeds = 4
+batch_size = 8
+eval_every = 15
+checkpoint_every = 15
+
+[train.optimizer]
+lr = 1e-2
+
+[train.data]
+max_length = 34
+bucket = 34
+eval_size = 16
+
+[models.lstm]
+name = "lstm"
+d_model = 4
+hidden = 8
+
+[objectives.normal]
+name = "nll"
+
+[analysis.saturation]
+n = 16
+
+[analysis.rule_extrapolation]
+max_new_tokens = 20
+max_prompts = 32
+
+[statistics]
+saturation = SATURATION
+
+[probing]
+strings = 16
+probe_seeds = 1
+steps = 30
+ood_prompts = 8
+n_pairs = 16
+
+[probing.languages.anbn-short]
+feature = "diff:a-b"
+intervene = "diff:a-b"
+keep = ["block"]
+"""
+
+
+def test_tiny_probing_experiment_claims_only_saturated_seeds(tmp_path):
+    """End to end in seconds: with a regime every seed is in, the correlation uses the 4 seeds
+    and matches analysis.correlation of the per-seed values in results.json; with a strict one
+    (a tiny run is far from saturated) no seed is in and no correlation is claimed."""
+    import json
+
+    from formal_lm.analysis.correlation import correlation as pearson
+    from formal_lm.experiments.run import run_experiment
+    path = tmp_path / "p.toml"
+    path.write_text(TINY_PROBING.replace("SATURATION", "10.0"))
+    res = run_experiment(path, tmp_path / "out", progress=False)
+    (c,) = res["correlations"]
+    vals = {r["seed"]: {f"{k}.{m}": v for k, x in r["results"].items()
+                        for m, v in x["measures"].items()} for r in res["records"]}
+    want = pearson([vals[s][c["x"]] for s in range(4)], [vals[s][c["y"]] for s in range(4)])
+    assert c["n"] == 4
+    assert c["r"] is None if want.r is None else c["r"] == pytest.approx(want.r, abs=1e-12)
+    assert len(res["regime"]["in_regime"]) == 4
+    for f in ("report.md", "results.csv", "results.json", "probe_by_layer.png",
+              "probe_vs_r1.png"):
+        assert (tmp_path / "out" / f).is_file(), f
+    path.write_text(TINY_PROBING.replace("SATURATION", "0.01"))
+    strict = run_experiment(path, tmp_path / "out", progress=False)
+    assert strict["regime"]["in_regime"] == [] and len(strict["regime"]["left_out"]) == 4
+    assert strict["correlations"] == []
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Regime: saturated seeds only" in report and "0/4" in report
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["correlations"] == []

@@ -22,21 +22,20 @@ each seed uses its selected checkpoint. Strings and prompts derive from ``eval_s
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics as pystats
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from formal_lm.analysis import JaxModel, interchange, probe, rule_extrapolation
+from formal_lm.analysis import JaxModel, interchange, probe, rule_extrapolation, saturation
+from formal_lm.analysis.correlation import correlation as pearson
 from formal_lm.analysis.rule_extrapolation import label_prompts, prompt_set
 from formal_lm.errors import FormalLMError
 from formal_lm.experiments import report as R
 from formal_lm.experiments.grid import train_cells
 from formal_lm.experiments.records import (Checkpoint, SeedRecord, grouped, jsonable,
-                                           records_json, write_csv, write_json)
+                                           records_json, regime, regime_json, write_csv,
+                                           write_json)
 from formal_lm.experiments.runs import log
 from formal_lm.experiments.spec import Experiment, Grid
 from formal_lm.grammar_files import load
@@ -91,8 +90,8 @@ def probing_experiment(grid: Experiment, table, chk) -> Experiment:
 # ------------------------------------------------------------------------------ correlation
 @dataclasses.dataclass(frozen=True)
 class Correlation:
-    """Pearson's r of two per-seed measures with a Fisher-z interval (None below 4 seeds or
-    when a measure is constant)."""
+    """Pearson's r of two per-seed measures of a group, over the seeds in the regime, with its
+    Fisher-z interval (``analysis.correlation``; None below 4 seeds or for a constant)."""
 
     group: str
     x: str
@@ -106,18 +105,9 @@ class Correlation:
 
 def correlation(group: str, x: str, y: str, xs: Sequence, ys: Sequence,
                 level: float = 0.95) -> Correlation:
-    """r and its ``level`` interval: tanh(atanh(r) -+ z / sqrt(n - 3))."""
-    pairs = [(a, b) for a, b in zip(xs, ys) if a is not None and b is not None]
-    n = len(pairs)
-    if n < 4:
-        return Correlation(group, x, y, n, None, None, None, level)
-    a, b = np.array(pairs, float).T
-    if a.std() == 0 or b.std() == 0:
-        return Correlation(group, x, y, n, None, None, None, level)
-    r = float(np.corrcoef(a, b)[0, 1])
-    z = math.atanh(max(min(r, 1 - 1e-12), -1 + 1e-12))
-    half = pystats.NormalDist().inv_cdf(0.5 + level / 2) / math.sqrt(n - 3)
-    return Correlation(group, x, y, n, r, math.tanh(z - half), math.tanh(z + half), level)
+    """``analysis.correlation`` of ``xs`` and ``ys``, labelled."""
+    c = pearson(xs, ys, level=level)
+    return Correlation(group, x, y, c.n, c.r, c.ci_low, c.ci_high, c.level)
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -144,6 +134,9 @@ def analyze_seed(model, lang, ex: Experiment, inputs, spec) -> dict:
     iv = interchange(model, lang, pool, feature=spec["intervene"], keep=tuple(spec["keep"]),
                      layers=layers, n_pairs=o["n_pairs"], seed=ex.eval_seed)
     out = {"probe": p, "interchange": iv}
+    if "saturation" in ex.analysis:  # the regime: only saturated seeds enter the claims
+        out["saturation"] = saturation(JaxModel(model), lang, seed=ex.eval_seed,
+                                       **ex.analysis["saturation"])
     if lang.rules:
         opts = {k: v for k, v in ex.analysis.get("rule_extrapolation", {}).items()
                 if k not in ("heldout_only", "ngram_n", "ngram_k", "ngram_train")}
@@ -191,7 +184,7 @@ def run_probing(ex: Experiment, out: Path, *, resume: bool = True, progress: boo
     return write_probing_report(ex, Path(out), cells, records, timing, missing)
 
 
-def _correlations(ex, records) -> list[Correlation]:
+def _correlations(records) -> list[Correlation]:
     out = []
     for group, rs in grouped(records).items():
         x, y = _keys(rs)
@@ -199,39 +192,74 @@ def _correlations(ex, records) -> list[Correlation]:
     return out
 
 
+def _layer_plot(records, path: Path) -> str:
+    """Mean probe score by layer, in distribution (solid) and off it (dashed), per group."""
+    plt = R._plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for g, rs in grouped(records).items():
+        keys = sorted(k for k in rs[0].measures()
+                      if k.startswith("probe.") and re.search(r"_L\d+$", k))
+        for where, style in (("", "-"), ("_ood", "--")):
+            pts = []
+            for k in keys:
+                vals = [r.value(k + where) for r in rs if r.value(k + where) is not None]
+                if vals:
+                    pts.append((int(k.rsplit("_L", 1)[1]), sum(vals) / len(vals)))
+            if pts:
+                xs, ys = zip(*sorted(pts))
+                ax.plot(xs, ys, style, marker="o", label=f"{g}{' (OOD)' if where else ''}")
+    ax.set_xlabel("layer (0: embedding)")
+    ax.set_ylabel("probe score (mean over seeds)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path).name
+
+
 def write_probing_report(ex: Experiment, out: Path, cells, records, timing,
                          missing: Sequence[str] = ()) -> dict:
-    """report.md (probe scores by layer, interventions, correlations), results.csv/json."""
-    corr = _correlations(ex, records)
+    """report.md (probe scores by layer, interventions, correlations over the seeds in the
+    saturation regime; the rest listed apart), results.csv/json and the plots."""
+    reg = regime(records, ex.statistics)
+    inside = list(reg.inside)
+    corr = _correlations(inside)
     lines = R.header(ex, timing)
     if missing:
         lines += ["**Missing cells**: " + ", ".join(f"`{m}`" for m in missing), ""]
+    lines += R.regime_section(reg, ex.statistics.alpha)
     by_language: dict[str, list] = {}
-    for r in records:
+    for r in inside:
         by_language.setdefault(r.group.split(".")[0], []).append(r)
     keys = sorted({k for r in records for k, m in r.measures().items()
-                   if k.startswith(("probe.", "interchange.", "rule_extrapolation.ood_R1"))
+                   if k.startswith(("probe.", "interchange.", "rule_extrapolation.ood_R1",
+                                    "saturation.kl"))
                    and (m.headline or k.endswith("_selectivity"))})
     for lang, rs in by_language.items():
         lines += [f"## {lang}: probes by layer, interventions (mean ± std [95% t interval] over "
-                  "seeds)", "", *R.summary_table(rs, keys), ""]
+                  "the seeds in the regime)", "", *R.summary_table(rs, keys), ""]
     lines += ["## What the columns measure", "", *R.descriptions(records, keys), "",
-              "## OOD probe accuracy vs R1 extrapolation, per seed (Pearson r, 95% Fisher-z "
-              "interval; none below 4 seeds)", "",
+              "## OOD probe score vs R1 extrapolation, per seed in the regime (Pearson r, 95% "
+              "Fisher-z interval; none below 4 seeds)", "",
               *R.table(["group", "x", "y", "seeds", "r", "95% CI"],
                        [[c.group, f"`{c.x}`", f"`{c.y}`", c.n, R.fmt(c.r),
                          "–" if c.r is None else f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"]
                         for c in corr]), "",
-              "## Every seed", ""]
-    for lang, rs in by_language.items():
-        lines += [*R.seed_table(rs, keys), ""]
+              "## Every seed", "", *R.seed_table(records, keys), "", "## Plots", ""]
+    plots = []
+    if inside:
+        plots.append(_layer_plot(inside, out / "probe_by_layer.png"))
+        x, y = _keys(inside)
+        if x:
+            plots.append(R.scatter_plot(inside, x, y, out / "probe_vs_r1.png", logx=False,
+                                        title="Same loss: does the OOD probe score predict R1?"))
+    lines += [f"![{p}]({p})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_csv(records, out / "results.csv")
     results = {"experiment": ex.name, "kind": ex.kind, "source": ex.source,
                "checkpoint": ex.checkpoint, "eval_seed": ex.eval_seed,
-               "cells": [c.name for c in cells], "correlations": corr,
-               "records": records_json(records), "missing_cells": list(missing),
-               "timing": dict(timing)}
+               "cells": [c.name for c in cells], "regime": regime_json(reg),
+               "correlations": corr, "records": records_json(records),
+               "missing_cells": list(missing), "timing": dict(timing)}
     write_json(results, out / "results.json")
     return jsonable(results)
-

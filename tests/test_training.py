@@ -463,3 +463,19 @@ def test_a_relative_grammar_path_is_read_beside_the_config(tmp_path, monkeypatch
     absolute = tmp_path / "g" / "mine.toml"
     p.write_text(f'language = "{absolute}"\nsteps = 1\n')
     assert load_config(p).language == str(absolute)
+
+
+def test_training_target_is_what_the_data_draws_from():
+    """The distribution training (and the grid's in-distribution KL) is judged against: the
+    length range when there is one; the language cut at max_length - 2 when it has longer
+    strings ("fresh" data redraws them); else the language itself."""
+    import formal_lm as fl
+    from formal_lm.training.config import DataConfig
+    from formal_lm.training.data import training_target
+    anbn = fl.load("anbn")  # n <= 128: strings up to 256 symbols
+    ranged = training_target(anbn, DataConfig(mode="length_range", lo=2, hi=10, max_length=12))
+    assert ranged.prob("aaaaabbbbb") == pytest.approx(1 / 5)  # n in 1..5, uniform
+    cut = training_target(anbn, DataConfig(max_length=22))
+    assert cut.prob("a" * 10 + "b" * 10) == pytest.approx(1 / 10)
+    assert cut.prob("a" * 11 + "b" * 11) == 0
+    assert training_target(anbn, DataConfig(max_length=258)) is anbn

@@ -25,6 +25,7 @@ from formal_lm.experiments.spec import Experiment
 from formal_lm.grammar_files import load
 from formal_lm.seeding import Stream, derive
 from formal_lm.training import load_models, train
+from formal_lm.training.data import training_target
 from formal_lm.training.train import finished_run
 from formal_lm.training.objectives import COMPLETION_OBJECTIVES, read_split
 
@@ -93,12 +94,13 @@ def _rule_options(ex: Experiment) -> dict:
     return o
 
 
-def analyze_seed(model, lang, ex: Experiment, objective: str, split, train_max_length: int
-                 ) -> dict:
-    """Every requested analyzer on one seed's selected checkpoint: {label: result}."""
+def analyze_seed(model, lang, ex: Experiment, objective: str, split, train_max_length: int,
+                 target=None) -> dict:
+    """Every requested analyzer on one seed's selected checkpoint: {label: result}. Saturation
+    is judged against ``target``, the distribution the cell trained on (default ``lang``)."""
     a, out, seed = ex.analysis, {}, ex.eval_seed
     if "saturation" in a:
-        out["saturation"] = saturation(model, lang, seed=seed, **a["saturation"])
+        out["saturation"] = saturation(model, target or lang, seed=seed, **a["saturation"])
     if "rule_extrapolation" in a and lang.rules:
         sets = {"all": None} if split is None else {"heldout": split["heldout"]}
         if split is not None and objective == "nll" and not a["rule_extrapolation"].get(
@@ -139,11 +141,13 @@ def analyze_cell(ex: Experiment, cell: Cell, lang, split) -> list[SeedRecord]:
     # longer strings than its training data held are out of distribution
     data = ex.train_config(cell.model, language=cell.language).data
     tml = data.hi if data.hi is not None else data.max_length - 2
+    target = training_target(lang, data)  # in distribution: what the cell trained on
     out = []
     objective = ex.study.objectives[cell.objective]["name"]
     for k, seed in enumerate(res.seeds):
         results = {"checkpoint": Checkpoint.of(ex.checkpoint, res, k)}
-        results.update(analyze_seed(JaxModel(models[k]), lang, ex, objective, split, tml))
+        results.update(analyze_seed(JaxModel(models[k]), lang, ex, objective, split, tml,
+                                    target))
         out.append(SeedRecord(cell.name, seed, results))
     return out
 

@@ -232,6 +232,17 @@ def _tail(lang, longest: int) -> float:
     return max(0.0, 1.0 - float(np.sum(lang.length_distribution(longest))))
 
 
+def training_target(lang, data: DataConfig):
+    """The distribution training strings are drawn from: ``lang`` conditioned on the length
+    range [lo, hi] when the data has one; else, when the language has strings longer than
+    ``max_length - 2`` (which "fresh" data redraws), ``lang`` restricted to [0, max_length - 2];
+    else ``lang`` itself. The loss floor and the exact KL of training are judged against it."""
+    if data.lo is not None:
+        return lang.restrict(data.lo, data.hi)
+    longest = data.max_length - 2
+    return lang.restrict(0, longest) if _tail(lang, longest) > 0 else lang
+
+
 class LanguageData:
     """Exact samples of a language (per seed), its exact validation table and the objective.
 
@@ -257,10 +268,7 @@ class LanguageData:
         self.bucket, self.max_tokens = data.bucket, data.max_length
         # what the strings are drawn from: with lengths in [lo, hi], the language conditioned on
         # that range, whose floor and next-token rows the loss and KL are judged against
-        self.target = lang if data.lo is None else lang.restrict(data.lo, data.hi)
-        longest = data.max_length - 2  # "fresh" strings longer than this are redrawn: the
-        if data.lo is None and _tail(lang, longest) > 0:  # data is the language up to it
-            self.target = lang.restrict(0, longest)
+        self.target = training_target(lang, data)
         loss_floor = self.target.optimal_loss()  # exact, or an estimate (ambiguity)
         self.floor, self.floor_stderr = float(loss_floor.per_token), float(loss_floor.stderr)
         self._sources: dict[int, Strings] = {}

@@ -299,7 +299,8 @@ def _common(doc: dict, src: Source) -> _Grammar:
     kind = doc.get("kind")
     if not isinstance(kind, str) or kind not in KEYS:
         raise GrammarError(Problem(f"kind={show(kind)} is not a grammar kind",
-                                   f"set kind to one of {sorted(KEYS)}", src.locate("kind")))
+                                   f"set kind to one of {sorted([*KEYS, 'split'])}",
+                                   src.locate("kind")))
     for k in sorted(set(doc) - KEYS[kind]):
         problems.append(Problem(f"key {k!r} is not used by kind={kind!r}",
                                 f"remove it; this kind reads {sorted(KEYS[kind])}", src.locate(k)))

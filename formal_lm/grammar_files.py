@@ -10,6 +10,8 @@ Kinds and their keys (every file also takes ``name``, ``kind``, ``description`` 
 - ``dfa``: ``alphabet``, ``start``, ``accepting``, ``stop_prob``, ``transitions`` (lines
   ``STATE SYMBOL NEXT``); probabilities spread uniformly over live continuations.
 - ``pcfg``: ``rules`` in NLTK's notation (``S -> 'a' S 'b' [0.4] | [0.6]``), optional ``start``.
+- ``split``: ``base`` (another grammar) and one of ``exclude``, ``twin``, ``counts``: the
+  training side of a compositional split (``formal_lm.grammar_split``).
 
 A prior table is ``kind = "uniform"`` with ``min``/``max``, or ``kind = "geometric"`` with ``p``,
 ``min`` and optionally ``max``. A rule table is ``kind`` (see ``formal_lm.rules``), its keys, and
@@ -48,6 +50,7 @@ from pathlib import Path
 from formal_lm import limits
 from formal_lm.errors import FormalLMError, GrammarError, Location, Problem
 from formal_lm.grammar_build import build
+from formal_lm.grammar_split import build_split
 from formal_lm.grammar_schema import Source, depth_problem, toml_lines
 from formal_lm.language import Language
 
@@ -72,6 +75,8 @@ def loads(text: str, *, path: str = "<string>") -> Language:
     if isinstance(doc.get("rules"), str) and doc.get("kind") != "pcfg":
         raise GrammarError(Problem("rules is a string, which only kind = 'pcfg' reads",
                                    "use [rules.NAME] tables", src.locate("rules")))
+    if doc.get("kind") == "split":  # a split of another grammar (formal_lm.grammar_split)
+        return build_split(doc, src)
     return build(doc, src)
 
 

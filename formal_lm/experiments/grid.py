@@ -19,6 +19,8 @@ from pathlib import Path
 
 from formal_lm.analysis import (JaxModel, eos_model_fn, length_generalization, next_symbol_sets,
                                 rule_extrapolation, saturation)
+from formal_lm.experiments.compositional import analyze as analyze_compositional
+from formal_lm.experiments.compositional import is_split
 from formal_lm.experiments.records import Checkpoint, SeedRecord, compare, regime
 from formal_lm.experiments.runs import log, train_or_retrain
 from formal_lm.experiments.spec import Experiment
@@ -125,6 +127,9 @@ def analyze_seed(model, lang, ex: Experiment, objective: str, split, train_max_l
             o["bins"] = [tuple(b) for b in o["bins"]]
         o.setdefault("train_max_length", train_max_length)
         out["length_generalization"] = length_generalization(model, lang, seed=seed, **o)
+    if "compositional" in a and is_split(lang):  # Hupkes et al.'s five properties
+        out.update(analyze_compositional(model, lang, a["compositional"], seed=seed,
+                                         train_max_length=train_max_length))
     return out
 
 
@@ -183,7 +188,8 @@ def run_grid(ex: Experiment, out: Path, *, resume: bool = True, progress: bool =
         reg = regime(recs, ex.statistics)
         stats = compare(reg.inside, ex.statistics, seed=ex.eval_seed)
         per_language[lang.name] = {"split": split, "baselines": base, "statistics": stats,
-                                   "regime": reg, "optimal_loss": mine[0].result.optimal_loss}
+                                   "regime": reg, "optimal_loss": mine[0].result.optimal_loss,
+                                   "language": lang}
         records += recs
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
     return write_grid_report(ex, out, cells, records, per_language, timing, missing)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from formal_lm.experiments import report as R
+from formal_lm.experiments.compositional import is_split
+from formal_lm.experiments.compositional import section as compositional_section
 from formal_lm.experiments.records import (SeedRecord, grouped, jsonable, keys_where,
                                            records_json, regime_json, write_csv, write_json)
 from formal_lm.experiments.spec import Experiment
@@ -175,6 +177,10 @@ def write_grid_report(ex: Experiment, out: Path, cells, records: list[SeedRecord
         lines += R.regime_section(info["regime"], ex.statistics.alpha)
     lines += ["## Summary (mean ± std [95% t interval] over the seeds in the regime)", "",
               *R.summary_table(inside, head), "", *R.descriptions(records, head), ""]
+    if "compositional" in ex.analysis:
+        splits = {name: info["language"] for name, info in per_language.items()
+                  if is_split(info.get("language"))}
+        lines += compositional_section(records, inside, splits, out)
     lines += _baselines(per_language) + _published(ex, inside, per_language, key)
     for lang, info in per_language.items():
         if info["statistics"] is not None:

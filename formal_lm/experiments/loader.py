@@ -338,6 +338,9 @@ def _needs(ex: Experiment, lang: str | None) -> list[tuple[str, int, list[tuple[
             longest = max([o.get("train_max_length", 40), o.get("test_lengths", [0, 500])[1]]
                           + [b[1] for b in o.get("bins", [])])
             out.append(("analysis.length_generalization", longest + 2, []))
+        if "test_lengths" in a.get("compositional", {}):  # productivity's longest strings
+            out.append(("analysis.compositional.test_lengths",
+                        a["compositional"]["test_lengths"][1] + 2, []))
         for name in ("saturation", "next_symbol_sets"):
             if name in a:
                 n = a[name].get("n", 512 if name == "saturation" else 256)

@@ -67,6 +67,8 @@ ANALYSIS_OPTIONS: dict[str, dict[str, dict[str, tuple[str, float]]]] = {
         "length_generalization": {"train_max_length": ("int", 1), "test_lengths": ("lengths", 1),
                                   "per_bin": ("int", 1), "bins": ("bins", 0),
                                   "threshold": ("prob", 0)},
+        "compositional": {"n": ("int", 1), "threshold": ("prob", 0), "per_bin": ("int", 1),
+                          "test_lengths": ("lengths", 1)},
     },
     "icl": {"icl": {"position_bins": ("ints", 0), "ood_size": ("int", 1), "ngram_k": ("num", 0),
                     "particles": ("int", 1), "runs": ("int", 2)}},

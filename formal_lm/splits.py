@@ -33,7 +33,7 @@ import math
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.language import Language
 from formal_lm.pcfg import PCFG
-from formal_lm.pcfg._normal_form import newton_lfp
+from formal_lm.pcfg._transforms import _unique, product_masses, pushed_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +53,6 @@ class Split:
     held_out: Language
     held_out_mass: float
     excluded: str
-
-
-def _fresh(base: str, taken: set) -> str:
-    name = base
-    while name in taken:
-        name += "'"
-    taken.add(name)
-    return name
 
 
 def _find_rule(g: PCFG, lhs: str, rhs, parent: str | None) -> tuple[str, tuple]:
@@ -87,7 +79,7 @@ def _find_rule(g: PCFG, lhs: str, rhs, parent: str | None) -> tuple[str, tuple]:
 def _relabel(prods, lhs: str, rhs: tuple, parent: str, taken: set):
     """The productions with ``lhs`` copied to ``lhs@parent`` where ``parent`` is its parent;
     the target production renamed accordingly."""
-    copy = _fresh(f"{lhs}@{parent}", taken)
+    copy = _unique(f"{lhs}@{parent}", taken)
 
     def under(rhs_, owner_is_parent):
         return tuple(copy if x == lhs and owner_is_parent else x for x in rhs_)
@@ -115,32 +107,11 @@ def _annotated(prods, target, nts) -> list:
     return out
 
 
-def _masses(rules) -> dict:
-    keys = list(dict.fromkeys([k for k, _, _ in rules]
-                              + [c for _, kids, _ in rules for c in kids if isinstance(c, tuple)]))
-    index = {k: i for i, k in enumerate(keys)}
-    mons = [(index[k], tuple(index[c] for c in kids if isinstance(c, tuple)), p)
-            for k, kids, p in rules]
-    z = newton_lfp(len(keys), mons)
-    return {k: float(z[i]) for k, i in index.items()}
-
-
 def _pushed(rules, root, z: dict, names: dict, g: PCFG, name: str, description: str) -> PCFG:
     """The PCFG of ``rules`` reachable from ``root``, each rule p prod Z(children) / Z(lhs)."""
-    grouped: dict = {}
-    for key, kids, p in rules:
-        w = p * math.prod(z[c] for c in kids if isinstance(c, tuple))
-        if w > 0 and z[key] > 0:
-            grouped.setdefault(key, []).append((kids, w))
-    keep, todo = {root}, [root]
-    while todo:
-        for kids, _ in grouped[todo.pop()]:
-            for c in kids:
-                if isinstance(c, tuple) and c not in keep:
-                    keep.add(c)
-                    todo.append(c)
+    grouped, keep = pushed_rules(rules, z, [root])
     out = []
-    for key in [root] + sorted(keep - {root}, key=lambda k: names[k]):
+    for key in [root] + sorted(set(keep) - {root}, key=lambda k: names[k]):
         total = math.fsum(w for _, w in grouped[key])
         out += [(names[key], tuple(names[c] if isinstance(c, tuple) else c for c in kids),
                  w / total) for kids, w in grouped[key]]
@@ -183,7 +154,7 @@ def exclude_production(g: PCFG, lhs: str, rhs, *, parent: str | None = None,
         prods, target = _relabel(prods, lhs, rhs, parent, taken)
     nts = {A for A, _, _ in prods}
     rules = _annotated(prods, target, nts)
-    z = _masses(rules)
+    z = product_masses(rules)
     S = g.start
     M, free = z.get(("+", S), 0.0), z.get(("-", S), 0.0)
     where = f"{lhs} -> {' '.join(rhs) or '(empty)'}" + (f" under {parent}" if parent else "")
@@ -195,7 +166,7 @@ def exclude_production(g: PCFG, lhs: str, rhs, *, parent: str | None = None,
     names = {}
     for sign, X in sorted({k for k in z}, key=lambda k: (k[1], k[0])):
         base = X if sign == "*" else f"{X}{sign}"
-        names[(sign, X)] = _fresh(base, set(names.values()) | set(g.alphabet))
+        names[(sign, X)] = _unique(base, set(names.values()) | set(g.alphabet))
     train_names = {("-", X): X for (sign, X) in names if sign == "-"}
     base = name or g.name
     train = _pushed(rules, ("-", S), z, train_names, g, f"{base}-train",
@@ -243,7 +214,7 @@ def twin_split(g: PCFG, symbol: str, twin: str, *, parent: str, name: str | None
                                 "pick a nonterminal with a rule that mentions the symbol"))
     if problems:
         raise FormalLMError(problems)
-    T = _fresh(f"T_{symbol}", set(g.nonterminals) | set(g.alphabet) | {twin})
+    T = _unique(f"T_{symbol}", set(g.nonterminals) | set(g.alphabet) | {twin})
     rules = [(A, tuple(T if x == symbol else x for x in rhs), p) for A, rhs, p in g.productions]
     rules += [(T, (symbol,), 0.5), (T, (twin,), 0.5)]
     full = PCFG(rules, start=g.start, name=f"{g.name}+{twin}", alphabet=g.alphabet + (twin,),

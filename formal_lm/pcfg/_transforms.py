@@ -161,7 +161,26 @@ def _product_rules(g: PCFG, d: DFA) -> tuple[list, list]:
     return rules, roots
 
 
-def _product_masses(rules) -> dict:
+def pushed_rules(rules, z: dict, roots) -> tuple[dict, list]:
+    """Weight pushing of ``rules`` [(key, children, p)] (nonterminal children are tuples):
+    ({key: [(children, p prod Z(children))]}, the keys reachable from ``roots``, roots first).
+    Each key's weights, divided by their sum Z(key), are a proper PCFG's probabilities."""
+    grouped: dict = {}
+    for key, kids, p in rules:
+        w = p * math.prod(z[c] for c in kids if isinstance(c, tuple))
+        if w > 0 and z[key] > 0:
+            grouped.setdefault(key, []).append((kids, w))
+    keep, todo = list(roots), list(roots)
+    while todo:
+        for kids, _ in grouped[todo.pop()]:
+            for c in kids:
+                if isinstance(c, tuple) and c not in keep:
+                    keep.append(c)
+                    todo.append(c)
+    return grouped, keep
+
+
+def product_masses(rules) -> dict:
     """Z_X = the weight of X's finite derivations, for every product nonterminal."""
     keys = list(dict.fromkeys([k for k, _, _ in rules]
                               + [c for _, kids, _ in rules for c in kids if isinstance(c, tuple)]))
@@ -184,7 +203,7 @@ def acceptance_probability(g: PCFG, dfa: DFA) -> float:
         0.666667
     """
     rules, roots = _product_rules(g, minimize(dfa))
-    z = _product_masses(rules) if rules else {}
+    z = product_masses(rules) if rules else {}
     return math.fsum(z.get(r, 0.0) for r in roots)
 
 
@@ -212,7 +231,7 @@ def intersect(g: PCFG, dfa: DFA, *, name: str | None = None) -> PCFG:
         (0.1875, 0.0)
     """
     rules, roots = _product_rules(g, minimize(dfa))
-    z = _product_masses(rules) if rules else {}
+    z = product_masses(rules) if rules else {}
     Z = math.fsum(z.get(r, 0.0) for r in roots)
     if not Z > 0:
         raise FormalLMError(Problem(
@@ -232,19 +251,7 @@ def intersect(g: PCFG, dfa: DFA, *, name: str | None = None) -> PCFG:
     else:
         start = _unique(g.start, taken)
         out = [(start, (nm(r),), z[r] / Z) for r in live]
-    grouped: dict = {}
-    for key, kids, p in rules:
-        w = p * math.prod(z[c] for c in kids if isinstance(c, tuple))
-        if w > 0 and z[key] > 0:
-            grouped.setdefault(key, []).append((kids, w))
-    # keep what the start reaches
-    keep, todo = set(live), list(live)
-    while todo:
-        for kids, _ in grouped[todo.pop()]:
-            for c in kids:
-                if isinstance(c, tuple) and c not in keep:
-                    keep.add(c)
-                    todo.append(c)
+    grouped, keep = pushed_rules(rules, z, live)  # what the start reaches
     for key in sorted(keep, key=lambda k: (k not in live, k[1], k[0], k[2])):
         total = math.fsum(w for _, w in grouped[key])
         out += [(nm(key), tuple(nm(c) if isinstance(c, tuple) else c for c in kids), w / total)

@@ -34,7 +34,8 @@ def _grid_table(ex: Experiment, cells) -> list[str]:
         oc = ", ".join(f"{k}={v}" for k, v in ex.study.objectives[c.objective].items())
         rows.append([c.name, mc, oc, c.result.step, len(c.result.seeds),
                      f"{c.result.wall_time:.0f}"])
-    return ["## Grid", "", *R.table(["cell", "model", "objective", "steps", "seeds", "train s"],
+    return ["## Grid", "", *R.table(["cell", "model", "objective", "steps", "seeds",
+                                     "train s (this call; ~0 when an earlier run was reused)"],
                                     rows), ""]
 
 

@@ -774,6 +774,10 @@ def test_length_generalization_exact_model(anbn):
     assert all(b.set_accuracy_per_string == 1.0 and b.kl_per_token < 1e-6 for b in r.length_bins)
     assert r.skipped_lengths > 0  # odd lengths have no strings
     assert r.depth_bins == ()
+    # group comparisons test the set accuracy beyond the training lengths, nothing else
+    tested = {m.name for m in r.measures() if m.tested}
+    assert tested == {f"len[{b.lo}-{b.hi}]_set_acc" for b in r.length_bins
+                      if not b.in_training_range} != set()
 
 
 def test_length_bins_draw_from_the_length_stream():

@@ -48,7 +48,8 @@ class LengthGeneralizationResult:
                 scope = M.IN_DISTRIBUTION if b.in_training_range else M.OUT_OF_DISTRIBUTION
                 what = f"strings of {'length' if kind == 'len' else 'nesting depth'} {b.lo}-{b.hi}"
                 out += [M.fraction(f"{kind}[{b.lo}-{b.hi}]_set_acc", b.set_accuracy_per_string,
-                                   scope, f"share of {what} with every next-symbol set right"),
+                                   scope, f"share of {what} with every next-symbol set right",
+                                   tested=not b.in_training_range),
                         M.nats(f"{kind}[{b.lo}-{b.hi}]_kl", b.kl_per_token, scope,
                                f"exact KL per real target token on {what}")]
         return tuple(out)

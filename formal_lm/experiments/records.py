@@ -156,7 +156,7 @@ def compare(records: Sequence[SeedRecord], stats: Statistics, *, seed: int,
     """``analysis.compare_groups`` of the groups of ``records`` (pass the regime's ``inside``):
     loss equivalence at the margin, and a difference test of each ``tested`` key (default:
     every measure marked ``tested`` that every seed has). Groups with fewer than 2 seeds are
-    left out (the report says so); None when fewer than 2 groups remain."""
+    left out (the report says so); None when fewer than 2 groups remain or nothing is tested."""
     counts = {g: len(rs) for g, rs in grouped(records).items()}
     records = [r for r in records if counts[r.group] >= 2]
     if len({r.group for r in records}) < 2:
@@ -166,6 +166,8 @@ def compare(records: Sequence[SeedRecord], stats: Statistics, *, seed: int,
         tested = [k for k in keys_where(records, lambda m: m.tested)
                   if all(r.value(k) is not None for r in records)]
     tested = list(tested)
+    if not tested:
+        return None
     groups = {g: {k: [v for r in rs if (v := r.value(k)) is not None] for k in [loss] + tested}
               for g, rs in grouped(records).items()}
     percent = [k for k in tested if records[0].measure(k) and records[0].measure(k).percent]

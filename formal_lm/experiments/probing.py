@@ -193,23 +193,28 @@ def _correlations(records) -> list[Correlation]:
 
 
 def _layer_plot(records, path: Path) -> str:
-    """Mean probe score by layer, in distribution (solid) and off it (dashed), per group."""
+    """Mean probe accuracy by layer, in distribution (solid) and off it (dashed), per group: the
+    accuracy of the rounded prediction for a numeric feature (R^2 is unbounded below)."""
     plt = R._plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for g, rs in grouped(records).items():
-        keys = sorted(k for k in rs[0].measures()
-                      if k.startswith("probe.") and re.search(r"_L\d+$", k))
-        for where, style in (("", "-"), ("_ood", "--")):
+        ms = rs[0].measures()
+        bases = sorted((k for k in ms if k.startswith("probe.") and re.search(r"_L\d+$", k)),
+                       key=lambda k: int(k.rsplit("_L", 1)[1]))
+        for ood, style in (("", "-"), ("_ood", "--")):
             pts = []
-            for k in keys:
-                vals = [r.value(k + where) for r in rs if r.value(k + where) is not None]
+            for k in bases:
+                key = f"{k}_rounded{ood}" if f"{k}_rounded" in ms else f"{k}{ood}"
+                vals = [v for r in rs if (v := r.value(key)) is not None]
                 if vals:
-                    pts.append((int(k.rsplit("_L", 1)[1]), sum(vals) / len(vals)))
+                    pts.append((int(k.rsplit("_L", 1)[1]), 100 * sum(vals) / len(vals)))
             if pts:
-                xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, style, marker="o", label=f"{g}{' (OOD)' if where else ''}")
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, style, marker="o", label=f"{g}{' (OOD)' if ood else ''}")
     ax.set_xlabel("layer (0: embedding)")
-    ax.set_ylabel("probe score (mean over seeds)")
+    ax.set_ylabel("probe accuracy (%), mean over seeds")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(0, 100)
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

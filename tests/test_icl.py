@@ -518,6 +518,14 @@ def test_tiny_icl_experiment_end_to_end(icl_run):
     report = (out / "report.md").read_text()
     assert "## References" in report and "## Every seed" in report
     assert "Bayes-optimal" in report
+    # the regime: heldout KL to the Bayes-optimal predictor (the family's floor) below 0.01
+    inside = sorted([r["group"], r["seed"]] for r in recs
+                    if r["results"]["heldout"]["measures"]["kl_bayes"] < 0.01)
+    assert sorted(saved["regime"]["in_regime"]) == inside
+    assert saved["regime"]["metric"] == "heldout.kl_bayes"
+    assert "## Regime: saturated seeds only" in report
+    if len(inside) < 4:  # a tiny run: too few seeds in the regime for any claim
+        assert saved["statistics"] is None and "**Finding.**" not in report
     assert all((out / "runs" / g / "checkpoints" / "last.msgpack").exists() for g in GROUPS)
     print(f"icl end to end: {seconds:.1f} s")
 

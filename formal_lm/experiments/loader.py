@@ -103,17 +103,16 @@ def _statistics(raw, chk: Checker, kind: str) -> Statistics:
     if not isinstance(loss, str):
         chk.bad(f"statistics.loss_metric={loss!r} must be a measure name")
         loss = default
-    # the regime: exact KL below this (the studies with an exact floor); ICL has none
-    regime = {"grid": "kl", "icl": None, "finetune": "start.kl"}[kind]
-    saturation = t.get("saturation", 0.01 if regime else None)
-    if saturation is not None and (regime is None or isinstance(saturation, bool) or not
-                                   isinstance(saturation, (int, float)) or not saturation > 0):
-        chk.bad(f"statistics.saturation={saturation!r} must be a number > 0 (nats per token)"
-                if regime else "statistics.saturation needs an exact floor, which icl has not",
-                "remove it" if regime is None else "")
-        saturation = None
+    # the regime: KL to the floor below this (ICL's floor is the Bayes-optimal in-context
+    # predictor under the family's prior, estimated by particle filters)
+    regime = {"grid": "kl", "icl": "heldout.kl_bayes", "finetune": "start.kl"}[kind]
+    saturation = t.get("saturation", 0.01)
+    if isinstance(saturation, bool) or not isinstance(saturation, (int, float)) \
+            or not saturation > 0:
+        chk.bad(f"statistics.saturation={saturation!r} must be a number > 0 (nats per token)")
+        saturation = 0.01
     return Statistics(loss, None if margin is None else float(margin), float(alpha),
-                      None if saturation is None else float(saturation), regime or "")
+                      float(saturation), regime)
 
 
 def load_experiment(path: str | Path, *, full: bool = False) -> Experiment:

@@ -143,12 +143,10 @@ def _identity(path: str) -> str:
 def _referenced(rule, target, src, loc, problems) -> Language | None:
     """The grammar an in_grammar rule names: a name (shipped or on the search path) or a path,
     relative to this grammar's file. None, with a problem, when it cannot be loaded."""
-    import formal_lm  # the package's load() (loaded by now), which builds grammar files here
-
     is_path = target.endswith(".toml") or "/" in target or os.sep in target
     where = str(Path(src.path).parent / target) if is_path else target
     try:
-        return formal_lm.load(where)
+        return src.load(where)
     except _Cycle as e:
         if e.chain[0][0] != _identity(src.path):
             raise  # the cycle started further up: reported where it closes

@@ -68,7 +68,7 @@ def loads(text: str, *, path: str = "<string>") -> Language:
         raise GrammarError(Problem(f"loads takes the text of a grammar file (a str), not "
                                    f"{type(text).__name__}",
                                    "decode bytes first (text.decode('utf-8')), or use load(path)"))
-    src = Source(text, path)
+    src = Source(text, path, load)
     doc = _parse_toml(text, path)
     if (problem := depth_problem(doc, src)) is not None:
         raise GrammarError(problem)

@@ -36,10 +36,13 @@ def toml_lines(text: str) -> list[str]:
 
 
 class Source:
-    """The text of a grammar file, for locating keys and lines inside multi-line strings."""
+    """The text of a grammar file, for locating keys and lines inside multi-line strings, and
+    ``load``: how the grammars it refers to are loaded (``grammar_files.load``, handed down so
+    the builders below it need not import it)."""
 
-    def __init__(self, text: str, path: str):
+    def __init__(self, text: str, path: str, load=None):
         self.text, self.path, self.lines = text, path, toml_lines(text)
+        self.load = load
 
     def locate(self, *keys: str) -> Location:
         """The line that sets ``keys`` (a dotted path such as ('prior', 'n', 'max'))."""

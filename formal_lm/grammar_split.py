@@ -97,13 +97,11 @@ def _types(doc: dict, src: Source, problems: list) -> bool:
 
 def _base(target: str, src: Source, problems: list) -> Language | None:
     """The base grammar (a name, or a path relative to this file), or None with a problem."""
-    import formal_lm  # the package's load (grammar files refer to grammar files)
-
     is_path = target.endswith(".toml") or "/" in target or os.sep in target
     where = str(Path(src.path).parent / target) if is_path else target
     loc = src.locate("base")
     try:
-        return formal_lm.load(where)
+        return src.load(where)
     except _Cycle as e:
         if e.chain[0][0] != _identity(src.path):
             raise

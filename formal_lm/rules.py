@@ -39,7 +39,7 @@ from typing import Any
 
 import regex
 
-from formal_lm.errors import GrammarError, Problem
+from formal_lm.errors import FormalLMError, GrammarError, Problem
 
 String = tuple[str, ...]
 
@@ -448,10 +448,11 @@ class InGrammar(Rule):
     """The string is one of grammar ``grammar``: ``holds`` is its ``accepts``, ``can_complete``
     its ``is_viable`` (a symbol outside its alphabet fails both).
 
-    ``language`` is the loaded grammar; when not given, ``grammar`` is loaded with
-    ``formal_lm.load`` (a grammar file resolves a path relative to itself and passes it).
+    ``language`` is the loaded grammar (a grammar file's ``in_grammar`` rule loads ``grammar``,
+    a path relative to the file, and passes it; from Python pass ``fl.load(grammar)``).
 
-    >>> r = InGrammar("R1", "a^n b^n", grammar="anbn")
+    >>> import formal_lm as fl
+    >>> r = InGrammar("R1", "a^n b^n", grammar="anbn", language=fl.load("anbn"))
     >>> r.holds(("a", "b")), r.can_complete(("a", "b", "a")), r.symbols_used()
     (True, False, ('a', 'b'))
     """
@@ -462,8 +463,9 @@ class InGrammar(Rule):
 
     def __post_init__(self):
         if self.language is None:
-            import formal_lm  # the package (loaded by now): load() reads grammar files
-            object.__setattr__(self, "language", formal_lm.load(self.grammar))
+            raise FormalLMError(Problem(f"rule {self.name}: in_grammar needs the loaded "
+                                        f"grammar {self.grammar!r}",
+                                        f"pass language=fl.load({self.grammar!r})"))
         object.__setattr__(self, "_known", frozenset(self.language.alphabet))
 
     def holds(self, s):

@@ -97,3 +97,20 @@ def test_module_and_function_sizes():
                 if n > MAX_FUNCTION_LINES:
                     too_big.append(f"{name}.{node.name}: {n} lines")
     assert not too_big, too_big
+
+
+def test_no_module_reaches_up_to_the_package_root():
+    """``import formal_lm`` (or a name from its ``__init__``) inside the package is an arrow up
+    to the top: the root imports everything. Doctests may; code may not."""
+    mods = modules()
+    bad = []
+    for name, path in mods.items():
+        if name == "formal_lm":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == "formal_lm" for a in node.names):
+                bad.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "formal_lm" and not node.level:
+                bad += [f"{name}:{node.lineno} ({a.name})" for a in node.names
+                        if f"formal_lm.{a.name}" not in mods]
+    assert not bad, bad

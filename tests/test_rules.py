@@ -292,8 +292,11 @@ def test_parameter_checks():
     with pytest.raises(fl.GrammarError, match="two run numbers"):
         RunsEqual("R", "", runs=(0,))
     assert RunsEqual("R", "", runs=(0, 1)).problems(("a",))  # needs two symbols
-    assert InGrammar("R", "", grammar="anbn").problems(("a",))  # b is missing
-    assert not InGrammar("R", "", grammar="anbn").problems(("a", "b", "c"))
+    anbn = fl.load("anbn")
+    assert InGrammar("R", "", grammar="anbn", language=anbn).problems(("a",))  # b is missing
+    assert not InGrammar("R", "", grammar="anbn", language=anbn).problems(("a", "b", "c"))
+    with pytest.raises(fl.FormalLMError, match="pass language="):
+        InGrammar("R", "", grammar="anbn")
 
 
 def test_the_custom_rule_example_works_in_a_grammar_file():

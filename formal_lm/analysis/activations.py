@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from formal_lm.analysis.predictor import SHAPE_BUCKET, as_predictor
+from formal_lm.analysis.predictor import SHAPE_BUCKET, as_predictor, jitted_for
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.vocab import BOS_ID, PAD_ID
 
-_JIT: dict = {}  # graph definition -> (jitted hidden_states, jitted patched_logits)
 
 
 class FunctionActivations:
@@ -73,21 +72,12 @@ class ModelActivations:
         self.module = module
         self.max_len = getattr(getattr(module, "config", None), "max_len", None)
         graphdef, self._state = nnx.split(module)
-        try:
-            fns = _JIT.get(graphdef)
-        except TypeError:  # an unhashable graph definition: jit per model
-            fns = None
-        if fns is None:
-            fns = (jax.jit(lambda st, ids: nnx.merge(graphdef, st, copy=True).hidden_states(
-                       jnp.asarray(ids, jnp.int32))),
-                   jax.jit(lambda st, ids, layer, pos, value: nnx.merge(
-                       graphdef, st, copy=True).patched_logits(
-                       jnp.asarray(ids, jnp.int32), layer, pos, value), static_argnums=2))
-            try:
-                _JIT[graphdef] = fns
-            except TypeError:
-                pass
-        self._hidden, self._patched = fns
+        self._hidden, self._patched = jitted_for(graphdef, "activations", lambda: (
+            jax.jit(lambda st, ids: nnx.merge(graphdef, st, copy=True).hidden_states(
+                jnp.asarray(ids, jnp.int32))),
+            jax.jit(lambda st, ids, layer, pos, value: nnx.merge(graphdef, st, copy=True)
+                    .patched_logits(jnp.asarray(ids, jnp.int32), layer, pos, value),
+                    static_argnums=2)))
 
     def hidden_states(self, ids):
         return self._hidden(self._state, ids)

@@ -55,7 +55,19 @@ class FunctionPredictor:
         return self.fn(ids)
 
 
-_JIT_CACHE: dict = {}  # graph definition -> (jitted forward, jitted step), shared across seeds
+_JIT_CACHE: dict = {}  # (graph definition, kind) -> jitted functions, shared across seeds
+
+
+def jitted_for(graphdef, kind: str, make):
+    """``make()`` (a model's jitted functions), built once per graph definition and ``kind``
+    and shared by every model of that graph (every seed); an unhashable graph gets its own."""
+    try:
+        fns = _JIT_CACHE.get((graphdef, kind))
+    except TypeError:  # an unhashable graph definition: jit per model
+        return make()
+    if fns is None:
+        fns = _JIT_CACHE[(graphdef, kind)] = make()
+    return fns
 
 
 class JaxModel:
@@ -74,20 +86,11 @@ class JaxModel:
         self.max_len = getattr(getattr(module, "config", None), "max_len", None)
         graphdef, state = nnx.split(module)
         self._state = state
-        try:
-            fns = _JIT_CACHE.get(graphdef)
-        except TypeError:  # an unhashable graph definition: jit per model
-            fns = None
-        if fns is None:
-            fns = (jax.jit(lambda st, ids: nnx.merge(graphdef, st, copy=True)(
-                       jnp.asarray(ids, jnp.int32))),
-                   jax.jit(lambda st, tok, s: nnx.merge(graphdef, st, copy=True).step(
-                       jnp.asarray(tok, jnp.int32), s)))
-            try:
-                _JIT_CACHE[graphdef] = fns
-            except TypeError:
-                pass
-        self._call, self._step = fns
+        self._call, self._step = jitted_for(graphdef, "predict", lambda: (
+            jax.jit(lambda st, ids: nnx.merge(graphdef, st, copy=True)(
+                jnp.asarray(ids, jnp.int32))),
+            jax.jit(lambda st, tok, s: nnx.merge(graphdef, st, copy=True).step(
+                jnp.asarray(tok, jnp.int32), s))))
 
     def __call__(self, ids):
         return self._call(self._state, ids)

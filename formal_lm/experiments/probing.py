@@ -42,6 +42,7 @@ from formal_lm.grammar_files import load
 from formal_lm.latents import latents
 from formal_lm.seeding import Stream, derive
 from formal_lm.training import load_models
+from formal_lm.training.data import training_target
 
 OPTIONS = {"strings": 48, "probe": "linear", "probe_seeds": 3, "steps": 300, "ood_prompts": 64,
            "n_pairs": 128, "languages": {}}
@@ -125,8 +126,9 @@ def _inputs(ex: Experiment, lang):
     return strings, ood, pool
 
 
-def analyze_seed(model, lang, ex: Experiment, inputs, spec) -> dict:
-    """Probe, interventions (whole state) and rule extrapolation of one seed's model."""
+def analyze_seed(model, lang, ex: Experiment, inputs, spec, target=None) -> dict:
+    """Probe, interventions (whole state) and rule extrapolation of one seed's model; its
+    saturation against ``target``, the distribution it trained on (default ``lang``)."""
     o, (strings, ood, pool) = ex.study.probing, inputs
     p = probe(model, lang, spec["feature"], strings, ood_strings=ood, kind=o["probe"],
               seeds=range(o["probe_seeds"]), steps=o["steps"])
@@ -135,7 +137,7 @@ def analyze_seed(model, lang, ex: Experiment, inputs, spec) -> dict:
                      layers=layers, n_pairs=o["n_pairs"], seed=ex.eval_seed)
     out = {"probe": p, "interchange": iv}
     if "saturation" in ex.analysis:  # the regime: only saturated seeds enter the claims
-        out["saturation"] = saturation(JaxModel(model), lang, seed=ex.eval_seed,
+        out["saturation"] = saturation(JaxModel(model), target or lang, seed=ex.eval_seed,
                                        **ex.analysis["saturation"])
     if lang.rules:
         opts = {k: v for k, v in ex.analysis.get("rule_extrapolation", {}).items()
@@ -176,9 +178,10 @@ def run_probing(ex: Experiment, out: Path, *, resume: bool = True, progress: boo
         for c in mine:
             log(progress, f"probe {c.name}")
             models = load_models(c.run_dir, which=ex.checkpoint)
+            target = training_target(lang, ex.train_config(c.model, language=c.language).data)
             for k, seed in enumerate(c.result.seeds):
                 res = {"checkpoint": Checkpoint.of(ex.checkpoint, c.result, k)}
-                res.update(analyze_seed(models[k], lang, ex, inputs, spec))
+                res.update(analyze_seed(models[k], lang, ex, inputs, spec, target))
                 records.append(SeedRecord(c.name, seed, res))
     timing = {"training": t_train, "analysis": time.perf_counter() - t0 - t_train}
     return write_probing_report(ex, Path(out), cells, records, timing, missing)

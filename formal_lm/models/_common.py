@@ -81,15 +81,18 @@ class _StackedLM(nnx.Module):
     ``step(tokens [B], state)`` -> (logits [B, V], state), O(1) per token; ``state`` holds
     ``"pos"`` and, for each name of the layers' ``carry_names``, every layer's carry [L, B, N].
 
-    A subclass builds ``embed``, ``drop`` and ``layers`` and says how a layer runs over a
-    sequence (``_sequence``) and over one token (``_cell``), and what the ``_head`` is.
+    A subclass builds ``embed``, ``drop`` and ``layers`` and says what the ``_head`` is. By
+    default a layer is a recurrence with ``scan(x)`` over a sequence and ``cell(x, carry)`` over
+    one token, its output dropped out (the RNNs); a subclass whose layers run otherwise overrides
+    ``_sequence`` and ``_cell``.
     """
 
     def _sequence(self, layer, x, rngs):  # [B, T, D] -> [B, T, D']
-        raise NotImplementedError
+        return self.drop(layer.scan(x), rngs=rngs)
 
     def _cell(self, layer, x, carry, rngs):  # [B, D], carry -> ([B, D'], carry)
-        raise NotImplementedError
+        y, carry = layer.cell(x, carry)
+        return self.drop(y, rngs=rngs), carry
 
     def _head(self, x):  # [..., D] -> logits float32 [..., V]
         raise NotImplementedError

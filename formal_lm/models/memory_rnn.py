@@ -220,13 +220,6 @@ class _MemoryLM(_HiddenStates, _StackedLM):
         self.drop = _dropout(cfg.dropout, rngs)
         self.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
 
-    def _sequence(self, layer, x, rngs):
-        return self.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
-
-    def _cell(self, layer, x, carry, rngs):
-        y, carry = layer.cell(x, carry)
-        return self.drop(y, rngs=rngs), carry  # [B, N]
-
     def _head(self, x):
         return self.unembed(x).astype(jnp.float32)
 

@@ -155,13 +155,6 @@ class _RecurrentLM(_HiddenStates, _StackedLM):
         self.drop = _dropout(cfg.dropout, rngs)
         self.unembed = nnx.Linear(cfg.hidden, cfg.vocab_size, rngs=rngs)
 
-    def _sequence(self, layer, x, rngs):
-        return self.drop(layer.scan(x), rngs=rngs)  # [B, T, N]
-
-    def _cell(self, layer, x, carry, rngs):
-        y, carry = layer.cell(x, carry)
-        return self.drop(y, rngs=rngs), carry  # [B, N]
-
     def _patched_sequence(self, layer, x, hit, value):
         """The layer run cell by cell; at ``hit`` [B, T] its output h becomes value [B, N],
         and so does the h it carries on (an LSTM's cell c is not replaced)."""

@@ -45,6 +45,7 @@ class Stream(enum.IntEnum):
     INTERVENTION = 22  # the pairing of base and source prefixes of interchange interventions
     SPLIT = 23         # random choice of held-out combinations of a compositional split
     COMPOSITIONAL = 24  # samples of the compositional-generalization analyzers
+    TASK = 25          # inputs of a supervised task (transduction or recognition), per length
 
 
 SHARED = 0

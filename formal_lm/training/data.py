@@ -63,12 +63,19 @@ class Validation:
         ood: the objective's held-out completion batch (ids, weights), or None.
         floor: the exact NLL of these very strings per real target token (the floor of
             ``val_loss`` on this sample, beside the population floor), or None.
+        targets: int32 [N, T-1] what is scored at each step (PAD: nothing); None (the default)
+            means the next tokens, ``ids[:, 1:]``.
     """
 
     ids: np.ndarray
     p_true: np.ndarray | None
     ood: tuple[np.ndarray, np.ndarray] | None = None
     floor: float | None = None
+    targets: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.targets is None:
+            object.__setattr__(self, "targets", np.asarray(self.ids)[:, 1:])
 
 
 def sample_floor(ids: np.ndarray, p_true: np.ndarray) -> float:
@@ -80,7 +87,14 @@ def sample_floor(ids: np.ndarray, p_true: np.ndarray) -> float:
 
 
 class TrainingData(Protocol):
-    """What :func:`formal_lm.training.fit` needs to know about its data."""
+    """What :func:`formal_lm.training.fit` needs to know about its data.
+
+    Language-modelling data gives token ids only: the target of each step is the next token.
+    A supervised task (``formal_lm.tasks``) also has ``train_targets(seed, step)`` (int32
+    [B, T-1], PAD where nothing is scored), ``token_classes`` (int [V]: each target is scored
+    against the tokens of its class only) and ``class_weights`` (the loss is ``sum_c w_c *
+    mean NLL of class c``); :func:`train_batch` and :func:`task_classes` read them.
+    """
 
     vocab_size: int
     floor: float | None  # the loss floor (nats per real token), None when unknown
@@ -102,6 +116,19 @@ class TrainingData(Protocol):
 
     def files(self) -> dict[str, str]:
         """{file name: text} stored in the run directory (e.g. the objective's prompt split)."""
+
+
+def train_batch(data, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [B, T], targets [B, T-1]) of ``seed`` at ``step``: the data's targets when it has
+    them, else the next tokens."""
+    ids = data.train_ids(seed, step)
+    targets = getattr(data, "train_targets", None)
+    return ids, (ids[:, 1:] if targets is None else targets(seed, step))
+
+
+def task_classes(data) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
+    """(token classes [V], class weights) of a supervised task's data; (None, None) otherwise."""
+    return getattr(data, "token_classes", None), getattr(data, "class_weights", None)
 
 
 class EpochOrder:

@@ -35,7 +35,8 @@ from formal_lm.errors import FormalLMError, Problem
 from formal_lm.seeding import Stream, derive
 from formal_lm.training import checkpoint as ckpt
 from formal_lm.training.config import TrainConfig
-from formal_lm.training.data import TrainingData, bucket_length, digest
+from formal_lm.training.data import (TrainingData, bucket_length, digest, task_classes,
+                                     train_batch)
 from formal_lm.training.lock import hold
 from formal_lm.training.packing import deal_rows, pack_classes
 from formal_lm.training.programs import (check_max_len, default_mesh, micro_rows, programs,
@@ -141,7 +142,7 @@ class _Run:
 
     def __init__(self, config: TrainConfig, data: TrainingData, init, mesh):
         self.config, self.data, self.seeds = config, data, config.seeds
-        self.prog = prog = programs(config, data.vocab_size)
+        self.prog = prog = programs(config, data.vocab_size, *task_classes(data))
         self.mesh = mesh
         self.step_fn, self.eval_fn = prog.step_fn(mesh), prog.eval_fn
         self.row_shards = mesh.shape.get("rows", 1) if mesh is not None and prog.packed else 1
@@ -159,7 +160,7 @@ class _Run:
         self.params, self.opt_state, self.rest, self.keys = self.shard(
             (self.params, self.opt_state, self.rest, self.keys))
         val = data.validation()
-        self.val_args = self.replicate((val.ids, val.p_true, val.ood))
+        self.val_args = self.replicate((val.ids, val.targets, val.p_true, val.ood))
         self.val_floor = val.floor
         self.step, self.since_eval = 0, 0
         self.best_val = np.full(len(self.seeds), np.inf)
@@ -226,37 +227,42 @@ class _Run:
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
 
     # -- batches -----------------------------------------------------------------------------
-    def prepare(self, ids: np.ndarray):
-        """The step's batch argument for token ids [K, B, T]: packed rows for a transformer
-        (a list with, per row length L of ``packing.pack_classes``, a dict of [K, R, L] arrays
-        and rows [K, S], the rows dealt over S = ``row_shards`` shards in micro-batch blocks by
-        ``packing.deal_rows``), else ids itself."""
+    def prepare(self, ids: np.ndarray, targets: np.ndarray | None = None):
+        """The step's batch argument for token ids [K, B, T] and targets [K, B, T-1] (None:
+        ``ids[..., 1:]``): packed rows for a transformer (a list with, per row length L of
+        ``packing.pack_classes``, a dict of [K, R, L] arrays and rows [K, S], the rows dealt over
+        S = ``row_shards`` shards in micro-batch blocks by ``packing.deal_rows``), else the pair
+        (ids, targets)."""
+        targets = ids[..., 1:] if targets is None else targets
         if not self.prog.packed:
-            return ids
+            return ids, targets
         block = micro_rows(len(ids) // self.seed_shards)
-        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1])), self.row_shards, block)
-                 for x in ids]
+        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1]), targets=t),
+                           self.row_shards, block) for x, t in zip(ids, targets)]
         return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
                 for c in range(len(packs[0]))]
 
     def batch(self, step: int):
         """((batch, ood) placed for the step, the padded length T) of optimizer step ``step``."""
-        per_seed = [self.data.train_ids(s, step) for s in self.seeds]
-        real = max(int((x != PAD_ID).sum(1).max()) for x in per_seed)
+        per_seed = [train_batch(self.data, s, step) for s in self.seeds]
+        real = max(int((x != PAD_ID).sum(1).max()) for x, _ in per_seed)
         T = bucket_length(real, self.data.bucket, self.data.max_tokens)
         T = max(T, real)
-        ids = np.zeros((len(per_seed), per_seed[0].shape[0], T), np.int32)  # [K, B, T]
-        for k, x in enumerate(per_seed):
+        ids = np.zeros((len(per_seed), per_seed[0][0].shape[0], T), np.int32)  # [K, B, T]
+        tgt = np.zeros((len(per_seed), per_seed[0][0].shape[0], T - 1), np.int32)
+        for k, (x, y) in enumerate(per_seed):
             w = min(T, x.shape[1])
             ids[k, :, :w] = x[:, :w]
+            tgt[k, :, :w - 1] = y[:, :w - 1]
         ood = [self.data.ood_batch(s, step) for s in self.seeds]
         ood = None if ood[0] is None else tuple(np.stack(a) for a in zip(*ood))
-        return self.place(ids, ood), T
+        return self.place(ids, ood, tgt), T
 
-    def place(self, ids: np.ndarray, ood=None):
-        """(batch, ood) of token ids [K, B, T] as the step takes them: prepared and sharded."""
+    def place(self, ids: np.ndarray, ood=None, targets: np.ndarray | None = None):
+        """(batch, ood) of token ids [K, B, T] (and targets [K, B, T-1]; None: the next
+        tokens) as the step takes them: prepared and sharded."""
         spec = ("seeds", "rows") if self.prog.packed else ("seeds",)
-        return self.shard(self.prepare(ids), spec), self.shard(ood)
+        return self.shard(self.prepare(ids, targets), spec), self.shard(ood)
 
     # -- steps -------------------------------------------------------------------------------
     def train_step(self, step: int):

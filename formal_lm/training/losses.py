@@ -18,9 +18,24 @@ def token_nll(logits, targets):
 
 def masked_nll(logits, ids):
     """(sum of NLL over real targets, their count) for ids [B, T] and logits [B, T-1, V]."""
-    tgt = ids[:, 1:]
-    mask = (tgt != PAD_ID).astype(jnp.float32)
-    return jnp.sum(token_nll(logits, tgt) * mask), jnp.sum(mask)
+    return target_nll(logits, ids[:, 1:])
+
+
+def target_nll(logits, targets):
+    """(sum of NLL over the non-PAD ``targets`` [B, T-1], their count); logits [B, T-1, V]."""
+    mask = (targets != PAD_ID).astype(jnp.float32)
+    return jnp.sum(token_nll(logits, targets) * mask), jnp.sum(mask)
+
+
+def restrict(logits, targets, classes):
+    """Logits [..., V] with every token outside the class of the target at that position set
+    to -inf-like (-1e30), so the softmax runs over the target's own class only; ``classes``
+    int [V] (None: one class, logits unchanged). A supervised task's labels and outputs form
+    their own class, which makes its loss on a two-label class binary cross-entropy."""
+    if classes is None:
+        return logits
+    same = classes[targets][..., None] == classes  # [..., V]
+    return jnp.where(same, logits.astype(jnp.float32), -1e30)
 
 
 def weighted_nll(logits, ids, weights):

@@ -42,7 +42,8 @@ def row_lengths(T: int, classes: int) -> tuple[int, ...]:
                         reverse=True))
 
 
-def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[dict]:
+def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True,
+                 targets: np.ndarray | None = None) -> list[dict]:
     """Like :func:`pack`, but into rows of several static lengths (see :func:`row_lengths`).
 
     A sequence with m inputs belongs to the shortest row length ``L >= m``; it is placed
@@ -51,11 +52,17 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[d
     do not pay ``T x T`` attention. Returns one dict per row length, each as :func:`pack`
     returns (arrays [B, L], ``rows`` the used rows, rows ``0..rows-1``). Every real target of
     ``ids`` appears exactly once over all of them; the layout is a pure function of ``ids``.
+
+    ``targets`` [B, T-1] (None: the next tokens ``ids[:, 1:]``) are what is scored at each
+    input, PAD where nothing is; a sequence's inputs run up to its last scored target.
     """
     ids = np.asarray(ids)
     B, T = ids.shape
+    targets = ids[:, 1:] if targets is None else np.asarray(targets)
     lengths = row_lengths(T, classes)
-    n = (ids != PAD_ID).sum(axis=1) - 1  # inputs per sequence
+    scored = targets != PAD_ID
+    # inputs per sequence: up to the last scored target (for next tokens: real tokens - 1)
+    n = np.where(scored.any(axis=1), T - 1 - np.argmax(scored[:, ::-1], axis=1), 0)
     order = np.argsort(-n, kind="stable")
     out = [{"inp": np.zeros((B, L), np.int32), "tgt": np.zeros((B, L), np.int32),
             "pos": np.zeros((B, L), np.int32), "seg": np.zeros((B, L), np.int32),
@@ -75,7 +82,7 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True) -> list[d
             open_rows.append(r)
         p, i, o = out[r[0]], r[1], lengths[r[0]] - r[2]
         p["inp"][i, o:o + m] = ids[b, :m]
-        p["tgt"][i, o:o + m] = ids[b, 1:m + 1]
+        p["tgt"][i, o:o + m] = targets[b, :m]
         p["pos"][i, o:o + m] = np.arange(m)
         r[3] += 1
         p["seg"][i, o:o + m] = r[3]

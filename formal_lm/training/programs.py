@@ -24,7 +24,7 @@ from flax import nnx
 from formal_lm import models
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.training.config import TrainConfig
-from formal_lm.training.losses import kl_sum, masked_nll, token_nll, weighted_nll
+from formal_lm.training.losses import kl_sum, restrict, target_nll, token_nll, weighted_nll
 from formal_lm.training.optim import make_optimizer, make_schedule
 from formal_lm.vocab import PAD_ID
 
@@ -94,10 +94,17 @@ class Programs:
 
     Cached per signature (:func:`programs`), so repeated runs in one process (sweeps, resumes,
     tests) reuse compiled executables; jit still compiles once per new shape or sharding.
+
+    ``classes`` (int [V], or None for one class) and ``class_weights`` (one weight per class)
+    come from a supervised task's data: each target is scored against the tokens of its own
+    class (``losses.restrict``) and the training loss is ``sum_c w_c * mean NLL of class c``.
     """
 
-    def __init__(self, config: TrainConfig, vocab_size: int):
+    def __init__(self, config: TrainConfig, vocab_size: int, classes=None,
+                 class_weights=None):
         self.config = config
+        self.classes = None if classes is None else jnp.asarray(np.asarray(classes, np.int32))
+        self.class_weights = tuple(class_weights or (1.0,))
         self.tx = make_optimizer(config)
         self.build = functools.partial(build_model, config, vocab_size)
         # Abstract model for the graph definitions (train mode differs: dropout on).
@@ -113,7 +120,7 @@ class Programs:
         self.packed = config.model == "transformer"
         self._local = self._packed_local if self.packed else self._plain_local
         self._steps: dict = {}
-        self.eval_fn = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, None, None, None)))
+        self.eval_fn = jax.jit(jax.vmap(self._evaluate, in_axes=(0, 0, None, None, None, None)))
         self.lr_fn = jax.jit(make_schedule(config))
 
     # -- per-seed pieces ------------------------------------------------------------------
@@ -126,11 +133,41 @@ class Programs:
         o_ids, o_w = ood
         return weighted_nll(model(o_ids[:, :-1], rngs=rngs), o_ids, o_w)
 
-    def _loss(self, params, rest, ids, ood, key):
+    def _counts(self, tgt):
+        """Scored targets per class, float32 [C] (C = 1 without classes)."""
+        real = tgt != PAD_ID
+        if self.classes is None:
+            return jnp.sum(real, dtype=jnp.float32)[None]
+        c = self.classes[tgt]
+        return jnp.stack([jnp.sum(real & (c == i), dtype=jnp.float32)
+                          for i in range(len(self.class_weights))])
+
+    def _target_weights(self, tgt, counts):
+        """float32 like ``tgt``: the factor of each target's NLL such that (sum of weighted NLL)
+        / (scored targets) is ``sum_c w_c * mean NLL of class c``; PAD targets get 0. One class
+        of weight 1 gives exactly the PAD mask (the plain mean NLL)."""
+        real = tgt != PAD_ID
+        if self.classes is None and self.class_weights == (1.0,):
+            return real.astype(jnp.float32)
+        c = self.classes[tgt] if self.classes is not None else jnp.zeros_like(tgt)
+        n = jnp.sum(counts)
+        w = jnp.asarray(self.class_weights, jnp.float32) * n / jnp.maximum(counts, 1.0)
+        return jnp.where(real, w[c], 0.0)
+
+    def _nll_terms(self, logits, tgt):
+        """Per-target NLL [B, T-1] of logits restricted to each target's class."""
+        return token_nll(restrict(logits, tgt, self.classes), tgt)
+
+    def _loss(self, params, rest, batch, ood, key):
+        ids, tgt = batch
         model = nnx.merge(self.graphdef_train, params, rest, copy=True)
         k1, k2 = jax.random.split(key)
-        s, n = masked_nll(model(ids[:, :-1], rngs=k1), ids)  # logits [B, T-1, V]
-        aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": s / ids.shape[0]}
+        nll = self._nll_terms(model(ids[:, :-1], rngs=k1), tgt)  # [B, T-1]
+        counts = self._counts(tgt)
+        n = jnp.sum(counts)
+        s = jnp.sum(nll * self._target_weights(tgt, counts))
+        plain = jnp.sum(jnp.where(tgt != PAD_ID, nll, 0.0))
+        aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": plain / ids.shape[0]}
         total = aux["loss"]
         if ood is not None:
             aux["ood_loss"] = self._ood_nll(model, ood, k2)
@@ -145,17 +182,20 @@ class Programs:
         params = optax.apply_updates(params, updates)
         return params, new_state, {k: acc[k] + aux[k] for k in acc}
 
-    def _plain_step(self, params, opt_state, acc, rest, ids, ood, key, active, t):
+    def _plain_step(self, params, opt_state, acc, rest, batch, ood, key, active, t):
         key = jax.random.fold_in(key, t)
-        (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, ids, ood,
+        (_, aux), grads = jax.value_and_grad(self._loss, has_aux=True)(params, rest, batch, ood,
                                                                        key)
         return self._update(params, opt_state, acc, grads, aux, active)
 
-    def _evaluate(self, params, rest, ids, p_true, ood):
+    def _evaluate(self, params, rest, ids, tgt, p_true, ood):
         model = nnx.merge(self.graphdef_eval, params, rest, copy=True)
-        logits = model(ids[:, :-1])  # [N, T-1, V]
-        s, n = masked_nll(logits, ids)
+        logits = restrict(model(ids[:, :-1]), tgt, self.classes)  # [N, T-1, V]
+        s, n = target_nll(logits, tgt)
         out = {"val_loss": s / n, "val_loss_per_seq": s / ids.shape[0]}
+        if self.classes is not None:  # a supervised task: how many answers are right
+            right = (jnp.argmax(logits, -1) == tgt) & (tgt != PAD_ID)
+            out["val_accuracy"] = jnp.sum(right) / n
         if p_true is not None:
             out["kl"] = kl_sum(p_true, logits) / n
         if ood is not None:
@@ -163,7 +203,7 @@ class Programs:
         return out
 
     # -- packed rows (Transformers) -------------------------------------------------------
-    def _packed_grads(self, params, rest, batch, key, chunk):
+    def _packed_grads(self, params, rest, batch, key, chunk, counts):
         """(sum of NLL over real targets, its gradient) over the used packed rows.
 
         ``batch`` is a list with one dict of packed rows per row length L. For each, gradient
@@ -178,8 +218,7 @@ class Programs:
             model = nnx.merge(gd, p, rest, copy=True)
             logits = model._packed(c["inp"], c["pos"], c["seg"],
                                    rngs=jax.random.fold_in(ckey, start))  # [size, L, V]
-            mask = (c["tgt"] != PAD_ID).astype(jnp.float32)
-            return jnp.sum(token_nll(logits, c["tgt"]) * mask)
+            return jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
 
         def loop(arrs, first, count, size, ckey, s, g):
             """Accumulates rows first + i * size .. + size - 1 for i < count."""
@@ -194,6 +233,7 @@ class Programs:
         s, g = jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params)
         for ci, part in enumerate(batch):
             arrs = {k: part[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, L]
+            arrs["wt"] = self._target_weights(part["tgt"], counts)
             rows = part["rows"][0]  # this shard's used rows (packing.deal_rows)
             ckey = jax.random.fold_in(key, ci)
             size = min(chunk, arrs["inp"].shape[0])
@@ -209,11 +249,13 @@ class Programs:
         k1, k2 = jax.random.split(key)
         if rows_axis is not None:  # each rows shard draws its own dropout masks
             k1 = jax.random.fold_in(k1, jax.lax.axis_index(rows_axis))
-        s, g = self._packed_grads(params, rest, batch, k1, chunk)
-        n = sum(jnp.sum(part["tgt"] != PAD_ID) for part in batch).astype(jnp.float32)
+        counts = sum(self._counts(part["tgt"]) for part in batch)  # [C]
+        if rows_axis is not None:  # every shard weighs its targets by the global counts
+            counts = jax.lax.psum(counts, rows_axis)
+        s, g = self._packed_grads(params, rest, batch, k1, chunk, counts)
         if rows_axis is not None:  # data parallel over the rows: sum the shards' sums
-            s, g, n = jax.lax.psum((s, g, n), rows_axis)
-        n = jnp.maximum(n, 1.0)
+            s, g = jax.lax.psum((s, g), rows_axis)
+        n = jnp.maximum(jnp.sum(counts), 1.0)
         grads = jax.tree.map(lambda x: x / n, g)
         aux = {"loss": s / n, "loss_per_seq": s / self.config.batch_size}
         if ood is not None:
@@ -264,21 +306,25 @@ class Programs:
 _PROGRAMS: dict[str, Programs] = {}
 
 
-def signature(config: TrainConfig, vocab_size: int) -> str:
+def signature(config: TrainConfig, vocab_size: int, classes=None, class_weights=None) -> str:
     """What the jitted programs depend on (not seeds, data or eval/checkpoint cadence)."""
     d = config.to_dict()
     return json.dumps({"vocab_size": vocab_size, "model": d["model"], "optimizer": d["optimizer"],
+                       "classes": None if classes is None else np.asarray(classes).tolist(),
+                       "class_weights": None if class_weights is None else list(class_weights),
                        "steps": config.steps if config.schedule != "constant" else None,
                        "objective": d["objective"], "batch_size": config.batch_size,
                        "freezes": config.stopping.kl is not None},
                       sort_keys=True)
 
 
-def programs(config: TrainConfig, vocab_size: int) -> Programs:
-    """The (cached) programs of ``config`` for a vocabulary of ``vocab_size``."""
-    key = signature(config, vocab_size)
+def programs(config: TrainConfig, vocab_size: int, classes=None,
+             class_weights=None) -> Programs:
+    """The (cached) programs of ``config`` for a vocabulary of ``vocab_size`` (and a supervised
+    task's token classes and their weights, see :class:`Programs`)."""
+    key = signature(config, vocab_size, classes, class_weights)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = Programs(config, vocab_size)
+        _PROGRAMS[key] = Programs(config, vocab_size, classes, class_weights)
     return _PROGRAMS[key]
 
 

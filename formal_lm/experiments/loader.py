@@ -12,6 +12,7 @@ from formal_lm.experiments.spec import (ANALYSIS_OPTIONS, CHECKPOINTS, COMMON_TA
                                         PUBLISHED_ROW_KEYS, STATISTICS_KEYS, ICL, Checker,
                                         Experiment, Finetune, Grid, Statistics, merge, read_toml,
                                         resolve_language)
+from formal_lm.experiments.tasks import Tasks, tasks_study
 from formal_lm.grammar_files import load
 from formal_lm.models import CONFIGS
 from formal_lm.studies.icl import PDFAFamily
@@ -89,7 +90,8 @@ def _analysis(d, kind: str, chk: Checker) -> dict:
 
 
 def _statistics(raw, chk: Checker, kind: str) -> Statistics:
-    default = {"grid": "kl", "icl": "heldout.ce", "finetune": "start.cross_entropy"}[kind]
+    default = {"grid": "kl", "icl": "heldout.ce", "finetune": "start.cross_entropy",
+               "tasks": "val_loss"}[kind]
     t = chk.keys(raw.get("statistics", {}), STATISTICS_KEYS, "statistics")
     margin, alpha = t.get("margin"), t.get("alpha", 0.05)
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
@@ -105,7 +107,9 @@ def _statistics(raw, chk: Checker, kind: str) -> Statistics:
         loss = default
     # the regime: KL to the floor below this (ICL's floor is the Bayes-optimal in-context
     # predictor under the family's prior, estimated by particle filters)
-    regime = {"grid": "kl", "icl": "heldout.kl_bayes", "finetune": "start.kl"}[kind]
+    # (a task's answers are deterministic: its KL is its validation loss on the answers)
+    regime = {"grid": "kl", "icl": "heldout.kl_bayes", "finetune": "start.kl",
+              "tasks": "val_kl"}[kind]
     saturation = t.get("saturation", 0.01)
     if isinstance(saturation, bool) or not isinstance(saturation, (int, float)) \
             or not saturation > 0:
@@ -167,8 +171,16 @@ def experiment_from_dict(raw: Mapping, *, full: bool = False, source: str = "<di
     statistics = _statistics(d, chk, kind)
     published = chk.keys(d.get("published", {}), PUBLISHED_KEYS, "published")
     for key, row in (published.get("rows") or {}).items():
+        if kind == "tasks":  # a task's row: one score per published column
+            cols = published.get("columns", [])
+            if not (isinstance(row, list) and len(row) == len(cols) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
+                chk.bad(f"published.rows.{key} must be a list of {len(cols)} numbers, one per "
+                        f"published.columns entry")
+            continue
         chk.keys(row, PUBLISHED_ROW_KEYS, f"published.rows.{key}")
-    study = {"grid": _grid, "icl": _icl, "finetune": _finetune}[kind](d, exp, train, chk)
+    study = {"grid": _grid, "icl": _icl, "finetune": _finetune,
+             "tasks": lambda d, exp, train, chk: tasks_study(d, chk)}[kind](d, exp, train, chk)
     ex = Experiment(name=str(exp.get("name", "?")), description=str(exp.get("description", "")),
                     kind=kind, checkpoint=checkpoint, eval_seed=eval_seed, train=train,
                     models=models, analysis=analysis, statistics=statistics,
@@ -291,7 +303,7 @@ def training_configs(ex: Experiment):
         return [(f"cell {lang}.{m}.{o}", lambda lang=lang, m=m, o=o: ex.train_config(
                     m, language=lang, objective=study.objectives[o]))
                 for lang in study.languages for m in ex.models for o in study.objectives]
-    if isinstance(study, ICL):
+    if isinstance(study, (ICL, Tasks)):
         return [(f"model {m}", lambda m=m: ex.train_config(m)) for m in ex.models]
     return ([(f"pretrain {m}", lambda m=m: ex.train_config(m, table=study.pretrain))
              for m in {m for m, _ in study.groups.values()}]
@@ -319,6 +331,9 @@ def _runs(ex: Experiment):
                 for lang in study.languages for m in ex.models]
     if isinstance(study, ICL):
         return [("train", None, m, ex.train_config(m)) for m in ex.models]
+    if isinstance(study, Tasks):
+        return [("train", t.key, m, ex.train_config(m)) for t in study.tasks.values()
+                for m in ex.models]
     return [(phase, t["language"], m, ex.train_config(m, table=t, language=t["language"]))
             for phase, t in (("pretrain", study.pretrain), ("finetune", study.finetune))
             for m in {m for m, _ in study.groups.values()}]
@@ -344,6 +359,10 @@ def _needs(ex: Experiment, lang: str | None) -> list[tuple[str, int, list[tuple[
             if name in a:
                 n = a[name].get("n", 512 if name == "saturation" else 256)
                 out.append((f"analysis.{name} samples", 0, [(lang, n)]))
+    elif isinstance(study, Tasks) and lang in study.tasks:  # here lang is a task key
+        longest = max(study.lengths.test[1], study.lengths.train[1])
+        out.append(("the longest tested example (lengths.test)",
+                    study.tasks[lang].max_tokens(longest) - 1, []))
     elif isinstance(study, Finetune):
         n = a.get("transfer", {}).get("eval_size", 256)
         ood = resolve_language(a.get("transfer", {}).get("ood_language",

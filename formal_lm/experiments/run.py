@@ -11,18 +11,24 @@ from formal_lm.experiments.grid import run_grid
 from formal_lm.experiments.icl import run_icl
 from formal_lm.experiments.loader import load_experiment
 from formal_lm.experiments.probing import run_probing
+from formal_lm.experiments.tasks_run import run_tasks
+from formal_lm.experiments.tasks_run import units as task_units
 from formal_lm.training.lock import hold
 
-RUNNERS = {"grid": run_grid, "icl": run_icl, "finetune": run_finetune, "probing": run_probing}
+RUNNERS = {"grid": run_grid, "icl": run_icl, "finetune": run_finetune, "probing": run_probing,
+           "tasks": run_tasks}
 
 
 def units(ex) -> list[str]:
     """The independent training runs of an experiment that jobs can share out: a grid's cells,
-    an ICL study's models (a fine-tuning study's runs depend on each other: not shared out)."""
+    a tasks experiment's (task, model) runs, an ICL study's models (a fine-tuning study's
+    runs depend on each other: not shared out)."""
     if ex.kind in ("grid", "probing"):
         return [spec[0] for spec in grid_cell_specs(ex)]
     if ex.kind == "icl":
         return list(ex.models)
+    if ex.kind == "tasks":
+        return task_units(ex)
     raise FormalLMError(Problem(f"a {ex.kind} experiment cannot be split into jobs (its "
                                 "fine-tuning runs start from its pre-training runs)",
                                 "run it as one job"))

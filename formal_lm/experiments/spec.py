@@ -5,7 +5,7 @@ Every experiment file has these tables (a key means the same thing in every kind
     [experiment]
     name = "anbn-rule-extrapolation"
     description = "..."
-    kind = "grid"                   # "grid" (default) | "icl" | "finetune"
+    kind = "grid"                   # "grid" (default) | "icl" | "finetune" | "tasks"
     checkpoint = "best"             # analyses read each seed's "best" (lowest validation loss)
                                     # or "last" checkpoint
     eval_seed = 10007               # seed of every held-out analysis sample
@@ -30,7 +30,8 @@ and ``[ood_family]`` (``formal_lm.studies.icl.PDFAFamily``, without ``max_length
 are ``train.data.max_length`` tokens; ``train.data.dataset_size`` is each seed's pool);
 finetune ``[pretrain]`` and ``[finetune]`` (overrides of ``[train]``, each with its
 ``language``) and ``[groups.NAME]`` (``model`` = a [models] key, ``rescale`` = c of the
-function-preserving reparametrisation). Unknown keys are errors that name the key and the file;
+function-preserving reparametrisation); tasks ``[lengths]`` and ``[tasks.KEY]`` (see
+``formal_lm.experiments.tasks``). Unknown keys are errors that name the key and the file;
 every problem is reported at once.
 """
 from __future__ import annotations
@@ -45,11 +46,11 @@ from typing import Any
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.training.config import TrainConfig, config_from_dict
 
-KINDS = ("grid", "icl", "finetune")
+KINDS = ("grid", "icl", "finetune", "tasks")
 CHECKPOINTS = ("best", "last")
 COMMON_TABLES = {"experiment", "train", "models", "analysis", "statistics", "published", "full"}
 KIND_TABLES = {"grid": {"objectives", "per_language"}, "icl": {"family", "ood_family"},
-               "finetune": {"pretrain", "finetune", "groups"}}
+               "finetune": {"pretrain", "finetune", "groups"}, "tasks": {"tasks", "lengths"}}
 EXPERIMENT_KEYS = {"name", "description", "kind", "checkpoint", "eval_seed", "languages"}
 STATISTICS_KEYS = {"loss_metric", "margin", "alpha", "saturation"}
 # Options of each analysis: (type, lower bound) — "int" >= bound, "num" > bound, "prob" in
@@ -73,8 +74,10 @@ ANALYSIS_OPTIONS: dict[str, dict[str, dict[str, tuple[str, float]]]] = {
     "icl": {"icl": {"position_bins": ("ints", 0), "ood_size": ("int", 1), "ngram_k": ("num", 0),
                     "particles": ("int", 1), "runs": ("int", 2)}},
     "finetune": {"transfer": {"ood_language": ("text", 0), "eval_size": ("int", 1)}},
+    "tasks": {},
 }
-PUBLISHED_KEYS = {"citation", "source", "setup", "loss_note", "baseline_eos_pct", "rows", "grid"}
+PUBLISHED_KEYS = {"citation", "source", "setup", "loss_note", "baseline_eos_pct", "rows", "grid",
+                  "columns"}
 PUBLISHED_ROW_KEYS = {"model", "seeds", "val_loss", "ood_R1_pct", "language"}
 
 
@@ -158,7 +161,7 @@ class Experiment:
     analysis: Mapping[str, Mapping]
     statistics: Statistics
     published: Mapping
-    study: Grid | ICL | Finetune
+    study: Any  # Grid | ICL | Finetune | experiments.tasks.Tasks
     full: bool
     source: str
 

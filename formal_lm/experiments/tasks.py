@@ -1,0 +1,342 @@
+"""Supervised-task experiments (``kind = "tasks"``): transducers as in Deletang et al. (ICLR
+2023) and recognizers as in Butoi et al. (2024), every model on every task, on the one training
+loop.
+
+File layout (besides the common tables, see ``spec``)::
+
+    [lengths]
+    train = [1, 40]          # training inputs have lengths drawn uniformly from this range
+    test = [41, 100]         # tested at every length of this range ([full] may raise it to 500)
+    test_step = 1            # ... or every test_step-th length
+    per_length = 16          # test examples per length (recognizers: half members)
+
+    [tasks.reverse]          # one table per task
+    transduction = "reverse_string"      # a task of formal_lm.tasks.transduction
+    [tasks.anbn]
+    recognize = "anbn"                   # a grammar name or path
+    negatives = "uniform"                # "uniform" | "near_miss" | "both" (training negatives)
+    lm_weight = 0.0                      # > 0: language-modelling auxiliary on members
+
+Each (task, model) trains its seeds into ``OUT/runs/<task>.<model>/``. Every seed is scored on
+fresh examples of every tested length (and of the training range, in distribution) from
+``derive(eval_seed, Stream.TASK, ...)``: a transducer by per-token accuracy of its answers (the
+argmax over output symbols), a recognizer by accuracy per kind of example and length bin with
+its baselines (``analysis.recognition``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from formal_lm.analysis import measures as M
+from formal_lm.analysis.predictor import JaxModel, call_model
+from formal_lm.errors import FormalLMError, Problem
+from formal_lm.experiments.spec import Checker, resolve_language
+from formal_lm.grammar_files import load
+from formal_lm.seeding import Stream, derive, rng
+from formal_lm.tasks import recognition as rec
+from formal_lm.tasks import transduction as trd
+from formal_lm.tasks.data import TaskData
+from formal_lm.tasks.encoding import TaskVocab, encode, width
+
+TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight"}
+LENGTH_KEYS = {"train", "test", "test_step", "per_length"}
+NEGATIVES = ("uniform", "near_miss", "both")
+RECOGNIZER_OUTPUTS = ("reject", "accept")
+END = "=end"  # the terminal symbol of padded answers
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+    train: tuple[int, int]
+    test: tuple[int, int]
+    test_step: int = 1
+    per_length: int = 16
+
+    def tested(self) -> list[int]:
+        return list(range(self.test[0], self.test[1] + 1, self.test_step))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of the file: a transduction task, or recognition of a language."""
+
+    key: str
+    transduction: str | None = None
+    language: str | None = None  # resolved grammar name or path (recognizers)
+    negatives: str = "uniform"
+    lm_weight: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return "transduction" if self.transduction else "recognition"
+
+    def vocab(self) -> TaskVocab:
+        if self.transduction:
+            return trd.task(self.transduction).vocab
+        return TaskVocab(load(self.language).alphabet, RECOGNIZER_OUTPUTS)
+
+    def chomsky(self) -> str:
+        return trd.task(self.transduction).chomsky if self.transduction else "-"
+
+    def max_tokens(self, longest: int) -> int:
+        """The widest example of inputs up to ``longest`` symbols."""
+        if self.transduction:
+            t = trd.task(self.transduction)
+            return max(width(n, t.output_length(n)) for n in range(1, longest + 1))
+        return width(longest + 1, 1)  # a near miss may be one symbol longer
+
+
+@dataclasses.dataclass(frozen=True)
+class Tasks:
+    """The kind's own part of the experiment: its tasks and lengths."""
+
+    tasks: Mapping[str, Task]
+    lengths: Lengths
+
+
+def _pair(v, name, chk: Checker):
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                   and x >= 1 for x in v) and v[0] <= v[1]:
+        return (v[0], v[1])
+    chk.bad(f"lengths.{name}={v!r} must be [lo, hi] with 1 <= lo <= hi")
+    return (1, 1)
+
+
+def _int(v, name, chk: Checker, default: int) -> int:
+    if v is None:
+        return default
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return v
+    chk.bad(f"{name}={v!r} must be an integer >= 1")
+    return default
+
+
+def tasks_study(d: Mapping, chk: Checker) -> Tasks:
+    """The [lengths] and [tasks.*] tables, every key checked."""
+    lt = chk.keys(d.get("lengths", {}), LENGTH_KEYS, "lengths")
+    train = _pair(lt.get("train", [1, 40]), "train", chk)
+    test = _pair(lt.get("test", [41, 100]), "test", chk)
+    lengths = Lengths(train, test, _int(lt.get("test_step"), "lengths.test_step", chk, 1),
+                      _int(lt.get("per_length"), "lengths.per_length", chk, 16))
+    tasks = {}
+    table = d.get("tasks", {})
+    if not isinstance(table, Mapping) or not table:
+        chk.bad("no [tasks.KEY] tables",
+                "add e.g. [tasks.reverse] transduction = 'reverse_string'")
+        table = {}
+    for key, t in table.items():
+        t = chk.keys(t, TASK_KEYS, f"tasks.{key}")
+        if "." in key or ("transduction" in t) == ("recognize" in t):
+            chk.bad(f"[tasks.{key}] needs exactly one of 'transduction' (a task name) or "
+                    "'recognize' (a grammar), and a key without '.'",
+                    f"transduction tasks: {sorted(trd.TASKS)}")
+            continue
+        if "transduction" in t:
+            if t["transduction"] not in trd.TASKS:
+                chk.bad(f"tasks.{key}.transduction={t['transduction']!r} is not a task",
+                        f"use one of {sorted(trd.TASKS)}")
+                continue
+            extra = sorted(set(t) - {"transduction"})
+            if extra:
+                chk.bad(f"tasks.{key}: {extra} are for recognizers", "remove them")
+            tasks[key] = Task(key, transduction=t["transduction"])
+            continue
+        name = resolve_language(t["recognize"], chk.source) if isinstance(
+            t["recognize"], str) else None
+        try:
+            load(name)
+        except FormalLMError as e:
+            chk.extend(e.problems, f"tasks.{key}.recognize")
+            continue
+        neg, w = t.get("negatives", "uniform"), t.get("lm_weight", 0.0)
+        if neg not in NEGATIVES:
+            chk.bad(f"tasks.{key}.negatives={neg!r} is not allowed", f"use one of {NEGATIVES}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            chk.bad(f"tasks.{key}.lm_weight={w!r} must be a number >= 0")
+            w = 0.0
+        tasks[key] = Task(key, language=name, negatives=neg, lm_weight=float(w))
+    return Tasks(tasks, lengths)
+
+
+# ------------------------------------------------------------------------------ examples
+def _by_length(lengths: np.ndarray) -> dict[int, np.ndarray]:
+    return {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
+
+
+def transduction_draw(name: str, lo: int, hi: int):
+    """``draw(seed, count)``: inputs of lengths uniform in [lo, hi], the task's own input
+    distribution at each length."""
+    t = trd.task(name)
+
+    def draw(seed: int, count: int):
+        ns = rng(seed, Stream.TASK, -1).integers(lo, hi + 1, size=count)
+        out: list = [None] * count
+        for n, idx in _by_length(ns).items():
+            for i, ex in zip(idx, t.sample(n, len(idx), derive(seed, Stream.TASK, n))):
+                out[i] = ex
+        return out
+
+    return draw
+
+
+def recognition_draw(lang, lo: int, hi: int, negatives: str):
+    """``draw(seed, count)``: each example a member with probability 1/2 (its length uniform
+    over the lengths in [lo, hi] that have members, then exact p(s | |s| = n)), else a
+    non-member (its length uniform over [lo, hi]; uniform over the non-members of that length,
+    or a one-edit near miss of a member, or either with probability 1/2 for "both")."""
+    member_lengths = np.array([n for n in range(lo, hi + 1) if rec.has_members(lang, n)])
+    if not len(member_lengths):
+        raise FormalLMError(Problem(f"{lang.name!r} has no strings of length {lo}..{hi}",
+                                    "change lengths.train"))
+
+    def draw(seed: int, count: int):
+        g = rng(seed, Stream.TASK, -1)
+        pos = g.random(count) < 0.5
+        near = (g.random(count) < 0.5) if negatives == "both" else np.full(
+            count, negatives == "near_miss")
+        ns = np.where(pos, g.choice(member_lengths, count),
+                      np.where(near, g.choice(member_lengths, count),
+                               g.integers(lo, hi + 1, size=count)))
+        kind = np.where(pos, 0, np.where(near, 2, 1))
+        out: list = [None] * count
+        fns = {0: rec.positives, 1: rec.negatives, 2: rec.near_misses}
+        for k, f in fns.items():
+            for n, idx in _by_length(np.where(kind == k, ns, -1)).items():
+                if n < 0:
+                    continue
+                label = ("accept",) if k == 0 else ("reject",)
+                for i, x in zip(idx, f(lang, n, len(idx), derive(seed, Stream.TASK, k, n))):
+                    out[i] = (tuple(x), label)
+        return out
+
+    return draw
+
+
+def task_data(task: Task, lengths: Lengths, batch_size: int, eval_size: int,
+              bucket: int) -> TaskData:
+    lo, hi = lengths.train
+    if task.transduction:
+        draw = transduction_draw(task.transduction, lo, hi)
+        name = task.transduction
+    else:
+        draw = recognition_draw(load(task.language), lo, hi, task.negatives)
+        name = f"recognize {load(task.language).name} ({task.negatives})"
+    facts = {"train_lengths": list(lengths.train)}
+    if task.language:
+        facts["language"] = load(task.language).fingerprint()
+    return TaskData(name, task.vocab(), draw, batch_size, task.max_tokens(hi),
+                    eval_size=eval_size, lm_weight=task.lm_weight, bucket=bucket, facts=facts)
+
+
+# ------------------------------------------------------------------------------ scoring
+def answer_accuracy(model, vocab: TaskVocab, examples) -> np.ndarray:
+    """float [N]: per example, the share of its answer symbols the model gets right (argmax
+    over the output symbols at each answer step). An answer padded after a terminal symbol
+    ``=end`` (stack manipulation, binary addition and multiplication) is scored up to and
+    including its first ``=end``, as Deletang et al. score it (the padding is trained on)."""
+    if not len(examples):
+        return np.zeros(0)
+    ids, tgt = encode(vocab, list(examples))
+    logits = call_model(model, ids[:, :-1], batch_size=64)  # [N, T-1, V]
+    first = vocab.first_output
+    pred = first + np.argmax(logits[..., first:], axis=-1)
+    scored = tgt >= first
+    if END in vocab.outputs:
+        is_end = tgt == vocab.vocab.id(END)
+        scored &= (np.cumsum(is_end, axis=1) - is_end) == 0  # nothing after the first =end
+    return ((pred == tgt) & scored).sum(1) / scored.sum(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransductionScore:
+    """Per-token accuracy of a transducer's answers, in distribution and per test length.
+
+    ``ood`` is Deletang et al.'s score: the mean over the tested lengths of the per-token
+    accuracy at each length.
+    """
+
+    in_distribution: float
+    by_length: tuple[tuple[int, float], ...]
+
+    @property
+    def ood(self) -> float:
+        return float(np.mean([a for _, a in self.by_length]))
+
+    def measures(self) -> tuple[M.Measure, ...]:
+        lo, hi = self.by_length[0][0], self.by_length[-1][0]
+        return (M.fraction("acc_in", self.in_distribution, M.IN_DISTRIBUTION,
+                           "per-token accuracy of the answers on training-range lengths",
+                           headline=True),
+                M.fraction("acc_ood", self.ood, M.OUT_OF_DISTRIBUTION,
+                           f"per-token accuracy averaged over test lengths {lo}..{hi} "
+                           "(Deletang et al.'s score)", headline=True, tested=True))
+
+
+def _test_examples(task: Task, n: int, count: int, seed: int):
+    """Test examples of length ``n``: a transduction task's list, or a recognizer's sets
+    (uniform negatives, near misses; a kind that does not exist at ``n`` is left out)."""
+    s = derive(seed, Stream.TASK, -3, n)
+    if task.transduction:
+        return trd.task(task.transduction).sample(n, count, s)
+    lang = load(task.language)
+    out = []
+    for negative in ("uniform", "near_miss"):
+        try:
+            out.append(rec.examples(lang, [n], count, s, negative=negative))
+        except FormalLMError:  # no near misses / no non-members here: the other kind only
+            continue
+    return out
+
+
+def score_transducer(model, task: Task, lengths: Lengths, seed: int) -> TransductionScore:
+    vocab, per = task.vocab(), lengths.per_length
+    lo, hi = lengths.train
+    ind = transduction_draw(task.transduction, lo, hi)(derive(seed, Stream.TASK, -2), 4 * per)
+    by = tuple((n, float(np.mean(answer_accuracy(model, vocab, _test_examples(
+        task, n, per, seed))))) for n in lengths.tested())
+    return TransductionScore(float(np.mean(answer_accuracy(model, vocab, ind))), by)
+
+
+def score_recognizer(model, task: Task, lengths: Lengths, seed: int) -> dict:
+    """``analysis.recognition`` accuracy in the training range ("in") and at the tested
+    lengths ("ood"), on members, uniform non-members and near misses, with the baselines
+    fitted on training examples."""
+    from formal_lm.analysis.recognition import recognition_accuracy
+    vocab, per = task.vocab(), lengths.per_length
+    lo, hi = lengths.train
+    train = recognition_draw(load(task.language), lo, hi, task.negatives)(
+        derive(seed, Stream.TASK, -4), 1024)
+    out = {}
+    for label, ns, count, bins in (
+            ("in", range(lo, hi + 1), max(2, per // 4), [(max(0, lo - 1), hi + 1)]),
+            ("ood", lengths.tested(), per, length_bins(lengths))):
+        sets = [s for n in ns for s in _test_examples(task, n, count, seed)]
+        xs = [ex for s in sets for ex in s]
+        right = answer_accuracy(model, vocab, xs) == 1.0
+        labels = np.array([y == ("accept",) for _, y in xs])
+        out[label] = recognition_accuracy(
+            [len(x) for x, _ in xs], labels, np.where(right, labels, ~labels),
+            [k for s in sets for k in s.kinds], bins=bins,
+            train_lengths=[len(x) for x, _ in train],
+            train_labels=[y == ("accept",) for _, y in train],
+            train_max_length=hi + 1 if label == "in" else hi, label="")
+    return out
+
+
+def length_bins(lengths: Lengths, n_bins: int = 4) -> list[tuple[int, int]]:
+    """The test range cut into ``n_bins`` inclusive bins (a near miss of the longest tested
+    length may be one longer)."""
+    lo, hi = lengths.test
+    edges = np.linspace(lo, hi + 1, n_bins + 1).astype(int)
+    bins = [(int(a), int(b) - 1) for a, b in zip(edges[:-1], edges[1:]) if b - 1 >= a]
+    return bins[:-1] + [(bins[-1][0], hi + 1)]
+
+
+def score(model, task: Task, lengths: Lengths, seed: int) -> dict:
+    """A seed's results on its task by label (typed, each with ``measures()``)."""
+    if task.transduction:
+        return {"task": score_transducer(JaxModel(model), task, lengths, seed)}
+    return score_recognizer(JaxModel(model), task, lengths, seed)

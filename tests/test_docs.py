@@ -56,6 +56,11 @@ def test_your_grammar_walkthrough_runs(tmp_path):
     assert (tmp_path / "out" / "report.md").is_file()
 
 
+def test_tasks_walkthrough_runs(tmp_path):
+    run_page("tasks.md", tmp_path)
+    assert "reverse" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_the_walkthrough_harness_fails_on_a_wrong_claim(tmp_path, monkeypatch):
     page = tmp_path / "docs"
     page.mkdir()

@@ -103,10 +103,16 @@ def positives(lang, length: int, count: int, seed: int) -> list[String]:
 
 
 def _enumerated_non_members(lang, length: int) -> list[String] | None:
-    """Every non-member of ``Σ^length`` in shortlex order, or None past ``ENUMERATION_LIMIT``."""
+    """Every non-member of ``Σ^length`` in shortlex order, or None past ``ENUMERATION_LIMIT``
+    (kept per language object and length: a training loop asks for the same ones every step)."""
     if len(lang.alphabet) ** length > ENUMERATION_LIMIT:
         return None
-    return [s for s in itertools.product(lang.alphabet, repeat=length) if not lang.accepts(s)]
+    key = (length, lang.fingerprint())
+    cache = lang.__dict__.setdefault("_non_members", {})
+    if key not in cache:
+        cache[key] = [s for s in itertools.product(lang.alphabet, repeat=length)
+                      if not lang.accepts(s)]
+    return cache[key]
 
 
 def _too_few(what: str, found: int, count: int, cap: int, where: str, fix: str):

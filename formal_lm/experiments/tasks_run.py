@@ -10,8 +10,8 @@ import numpy as np
 from formal_lm.analysis import difference_test
 from formal_lm.experiments import report as R
 from formal_lm.experiments.records import (Checkpoint, SeedRecord, grouped, jsonable,
-                                           records_json, regime, regime_json, write_csv,
-                                           write_json)
+                                           keys_where, records_json, regime, regime_json,
+                                           write_csv, write_json)
 from formal_lm.experiments.runs import log, train_or_retrain
 from formal_lm.experiments.tasks import score, task_data
 from formal_lm.training import fit, load_models
@@ -189,8 +189,9 @@ def _report(ex, out: Path, runs, records, missing, timing) -> dict:
                   "ways: mean ± sd [95% t interval] over every seed, and the maximum over "
                   "every seed (one learning rate), the published protocol's nearest "
                   "counterpart.", ""]
-    lines += ["The out-of-length scores below use every seed, as the published protocol "
-              "scores every trained model; `fit` is the mean accuracy in the training range "
+    lines += ["The out-of-length scores below use every seed" + (
+              ", as the published protocol scores every trained model" if pub else "") +
+              "; `fit` is the mean accuracy in the training range "
               "and `seeds in regime` counts the seeds whose answers' KL on the training range "
               "is below the threshold, so a low out-of-length score can be told apart from a "
               "task not learnt at all.", ""]
@@ -206,9 +207,10 @@ def _report(ex, out: Path, runs, records, missing, timing) -> dict:
                   "can give, and MDE the difference detectable with 80 % power.", "",
                   *R.table(["task", "pair", "diff (points)", "permutation p",
                             "min attainable p", "MDE (points)", "different"], contrasts), ""]
+    bins = keys_where(records, lambda m: m.name.startswith("len[") and m.name.endswith("_acc"))
     keys = [k for k in R.present(records, ["checkpoint.val_loss", "task.acc_in", "task.acc_ood",
                                            "in.acc", "ood.acc", "ood.acc_positive",
-                                           "ood.acc_negative", "ood.acc_near_miss",
+                                           "ood.acc_negative", "ood.acc_near_miss", *bins,
                                            "ood.majority_acc", "ood.length_rule_acc"])]
     lines += ["## Every group (all seeds)", "", *R.summary_table(records, keys), "",
               *R.descriptions(records, keys), ""]

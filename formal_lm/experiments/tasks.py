@@ -32,6 +32,7 @@ import numpy as np
 
 from formal_lm.analysis import measures as M
 from formal_lm.analysis.predictor import JaxModel, call_model
+from formal_lm.analysis.recognition import recognition_accuracy
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.experiments.spec import Checker, resolve_language
 from formal_lm.grammar_files import load
@@ -304,7 +305,6 @@ def score_recognizer(model, task: Task, lengths: Lengths, seed: int) -> dict:
     """``analysis.recognition`` accuracy in the training range ("in") and at the tested
     lengths ("ood"), on members, uniform non-members and near misses, with the baselines
     fitted on training examples."""
-    from formal_lm.analysis.recognition import recognition_accuracy
     vocab, per = task.vocab(), lengths.per_length
     lo, hi = lengths.train
     train = recognition_draw(load(task.language), lo, hi, task.negatives)(

@@ -2,6 +2,8 @@
 (restricted softmax), class weights, packing of such targets, and a task learnt end to end."""
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +141,85 @@ def test_a_task_is_learnt_on_the_training_loop(tmp_path, model):
     line = r.final[0]
     assert line["val_accuracy"] > 0.95, line
     assert abs(line["kl"] - line["val_loss"]) < 1e-4  # one-hot rows: KL is the loss
+
+
+def test_next_symbol_bce_against_numpy():
+    logits = np.asarray(jax.random.normal(jax.random.key(1), (2, 3, 6)), np.float64) * 2
+    sets = np.array([[0b000110, 0, 0b101000], [0b000100, 0b011000, 0]], np.int32)
+    tokens = np.array([False, False, True, True, True, False])
+    s, n = losses.next_symbol_bce(jnp.asarray(logits, jnp.float32), jnp.asarray(sets),
+                                  jnp.asarray(tokens))
+    want, count = 0.0, 0
+    for b in range(2):
+        for t in range(3):
+            if sets[b, t] == 0:
+                continue
+            for v in np.flatnonzero(tokens):
+                p = 1 / (1 + np.exp(-logits[b, t, v]))
+                y = (sets[b, t] >> v) & 1
+                want -= np.log(p) if y else np.log(1 - p)
+                count += 1
+    assert int(n) == count == 12
+    np.testing.assert_allclose(float(s), want, rtol=1e-5)
+
+
+def test_next_symbol_sets_are_the_exact_viable_continuations():
+    from formal_lm.grammar_files import load
+    from formal_lm.tasks.data import next_symbol_sets
+    lang = load("anbn")
+    ex = [(("a", "a", "b", "b"), ("accept",)), (("a", "b", "b"), ("reject",))]
+    sets = next_symbol_sets(lang, ex, 8)
+    assert sets[1].tolist() == [0] * 8  # a non-member gets no next-symbol targets
+    a, b = lang.vocab.id("a"), lang.vocab.id("b")
+    x = ex[0][0]
+    for t in range(len(x) + 1):  # brute force: which tokens keep the prefix viable
+        want = 0
+        for tok, sym in ((a, "a"), (b, "b")):
+            if lang.is_viable(x[:t] + (sym,)):
+                want |= 1 << tok
+        if lang.accepts(x[:t]):
+            want |= 1 << EOS_ID
+        assert sets[0, t] == want, t
+    assert sets[0, len(x) + 1:].tolist() == [0] * (8 - len(x) - 1)
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_a_recognizer_trains_with_the_next_symbol_loss(tmp_path, model):
+    from formal_lm.grammar_files import load
+    from formal_lm.experiments.tasks import recognition_draw
+    lang = load("anbn")
+    vocab = TaskVocab(lang.alphabet, ("reject", "accept"))
+    data = TaskData("rec", vocab, recognition_draw(lang, 2, 8, "both"), 16, 12, eval_size=32,
+                    language=lang, next_symbol_weight=0.5)
+    cfg = _config(model, steps=30, eval_every=15, optimizer={"lr": 1e-2})
+    fit(cfg, data, tmp_path / "run", progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ns = [json.loads(x)["ns_loss"] for x in lines]
+    assert len(ns) == 2 and all(np.isfinite(ns)), ns
+    assert ns[1] < ns[0], ns  # the next-symbol loss is learnt
+
+
+def test_packed_step_losses_equal_the_padded_ones_with_next_symbols():
+    """The Transformer's packed step reports the same answer loss and next-symbol loss as the
+    padded computation on the same parameters (no dropout)."""
+    from formal_lm.experiments.tasks import recognition_draw
+    from formal_lm.grammar_files import load
+    from formal_lm.tasks.data import next_symbol_sets
+    from formal_lm.training.loop import _Run
+    lang = load("anbn")
+    vocab = TaskVocab(lang.alphabet, ("reject", "accept"))
+    data = TaskData("rec", vocab, recognition_draw(lang, 2, 12, "both"), 16, 16, eval_size=8,
+                    language=lang, next_symbol_weight=0.7, lm_weight=0.3)
+    run = _Run(_config("transformer"), data, None, None)
+    assert run.prog.packed
+    params = jax.tree.map(lambda a: a[0], run.params)
+    rest = jax.tree.map(lambda a: a[0], run.rest)
+    ids, tgt = data.train_ids(0, 0), data.train_targets(0, 0)
+    ns = next_symbol_sets(lang, data._last_examples(0, 0), tgt.shape[1])
+    assert ns.any()
+    _, want = run.prog._loss(params, rest, (jnp.asarray(ids), jnp.asarray(tgt), jnp.asarray(ns)),
+                             None, jax.random.key(0))
+    run.train_step(0)
+    got = jax.device_get(run.acc)
+    np.testing.assert_allclose(got["ns_loss"][0], float(want["ns_loss"]), rtol=2e-5)
+    np.testing.assert_allclose(got["loss"][0], float(want["loss"]), rtol=2e-5)

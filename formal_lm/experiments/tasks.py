@@ -16,6 +16,7 @@ File layout (besides the common tables, see ``spec``)::
     recognize = "anbn"                   # a grammar name or path
     negatives = "uniform"                # "uniform" | "near_miss" | "both" (training negatives)
     lm_weight = 0.0                      # > 0: language-modelling auxiliary on members
+    ns_weight = 0.0                      # > 0: next-symbol-set auxiliary on members
 
 Each (task, model) trains its seeds into ``OUT/runs/<task>.<model>/``. Every seed is scored on
 fresh examples of every tested length (and of the training range, in distribution) from
@@ -42,7 +43,7 @@ from formal_lm.tasks import transduction as trd
 from formal_lm.tasks.data import TaskData
 from formal_lm.tasks.encoding import TaskVocab, encode, width
 
-TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight"}
+TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight", "ns_weight"}
 LENGTH_KEYS = {"train", "test", "test_step", "per_length"}
 NEGATIVES = ("uniform", "near_miss", "both")
 RECOGNIZER_OUTPUTS = ("reject", "accept")
@@ -69,6 +70,7 @@ class Task:
     language: str | None = None  # resolved grammar name or path (recognizers)
     negatives: str = "uniform"
     lm_weight: float = 0.0
+    ns_weight: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -152,13 +154,18 @@ def tasks_study(d: Mapping, chk: Checker) -> Tasks:
         except FormalLMError as e:
             chk.extend(e.problems, f"tasks.{key}.recognize")
             continue
-        neg, w = t.get("negatives", "uniform"), t.get("lm_weight", 0.0)
+        neg = t.get("negatives", "uniform")
         if neg not in NEGATIVES:
             chk.bad(f"tasks.{key}.negatives={neg!r} is not allowed", f"use one of {NEGATIVES}")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
-            chk.bad(f"tasks.{key}.lm_weight={w!r} must be a number >= 0")
-            w = 0.0
-        tasks[key] = Task(key, language=name, negatives=neg, lm_weight=float(w))
+        w = {}
+        for k in ("lm_weight", "ns_weight"):
+            w[k] = t.get(k, 0.0)
+            if isinstance(w[k], bool) or not isinstance(w[k], (int, float)) \
+                    or not 0 <= w[k] < float("inf"):
+                chk.bad(f"tasks.{key}.{k}={w[k]!r} must be a number >= 0")
+                w[k] = 0.0
+        tasks[key] = Task(key, language=name, negatives=neg, lm_weight=float(w["lm_weight"]),
+                          ns_weight=float(w["ns_weight"]))
     return Tasks(tasks, lengths)
 
 
@@ -229,7 +236,9 @@ def task_data(task: Task, lengths: Lengths, batch_size: int, eval_size: int,
     if task.language:
         facts["language"] = load(task.language).fingerprint()
     return TaskData(name, task.vocab(), draw, batch_size, task.max_tokens(hi),
-                    eval_size=eval_size, lm_weight=task.lm_weight, bucket=bucket, facts=facts)
+                    eval_size=eval_size, lm_weight=task.lm_weight, bucket=bucket, facts=facts,
+                    language=load(task.language) if task.language else None,
+                    next_symbol_weight=task.ns_weight)
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -93,7 +93,10 @@ class TrainingData(Protocol):
     A supervised task (``formal_lm.tasks``) also has ``train_targets(seed, step)`` (int32
     [B, T-1], PAD where nothing is scored), ``token_classes`` (int [V]: each target is scored
     against the tokens of its class only) and ``class_weights`` (the loss is ``sum_c w_c *
-    mean NLL of class c``); :func:`train_batch` and :func:`task_classes` read them.
+    mean NLL of class c``); it may add ``next_symbols`` = (weight, scored tokens bool [V]) and
+    ``train_next_symbols(seed, step)`` (int32 [B, T-1] bitmasks of the tokens that may come
+    next, 0 where not scored) for a next-symbol-set loss. :func:`train_batch` and
+    :func:`task_classes` read them.
     """
 
     vocab_size: int
@@ -118,17 +121,22 @@ class TrainingData(Protocol):
         """{file name: text} stored in the run directory (e.g. the objective's prompt split)."""
 
 
-def train_batch(data, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [B, T], targets [B, T-1]) of ``seed`` at ``step``: the data's targets when it has
-    them, else the next tokens."""
+def train_batch(data, seed: int, step: int) -> tuple:
+    """(ids [B, T], targets [B, T-1], next-symbol bitmasks [B, T-1] or None) of ``seed`` at
+    ``step``: the data's targets when it has them, else the next tokens."""
     ids = data.train_ids(seed, step)
     targets = getattr(data, "train_targets", None)
-    return ids, (ids[:, 1:] if targets is None else targets(seed, step))
+    ns = getattr(data, "train_next_symbols", None) if getattr(data, "next_symbols", None) \
+        else None
+    return (ids, ids[:, 1:] if targets is None else targets(seed, step),
+            None if ns is None else ns(seed, step))
 
 
-def task_classes(data) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
-    """(token classes [V], class weights) of a supervised task's data; (None, None) otherwise."""
-    return getattr(data, "token_classes", None), getattr(data, "class_weights", None)
+def task_classes(data) -> tuple:
+    """(token classes [V], class weights, next_symbols) of a supervised task's data (see
+    :class:`TrainingData`); (None, None, None) otherwise."""
+    return (getattr(data, "token_classes", None), getattr(data, "class_weights", None),
+            getattr(data, "next_symbols", None))
 
 
 class EpochOrder:

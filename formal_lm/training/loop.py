@@ -157,6 +157,8 @@ class _Run:
         self.acc_names = ["loss", "loss_per_seq"]
         if config.objective.name != "nll":
             self.acc_names.append("ood_loss")
+        if prog.ns_weight:
+            self.acc_names.append("ns_loss")
         self.params, self.opt_state, self.rest, self.keys = self.shard(
             (self.params, self.opt_state, self.rest, self.keys))
         val = data.validation()
@@ -227,42 +229,49 @@ class _Run:
         return self.shard({k: np.zeros(len(self.seeds), np.float32) for k in self.acc_names})
 
     # -- batches -----------------------------------------------------------------------------
-    def prepare(self, ids: np.ndarray, targets: np.ndarray | None = None):
-        """The step's batch argument for token ids [K, B, T] and targets [K, B, T-1] (None:
-        ``ids[..., 1:]``): packed rows for a transformer (a list with, per row length L of
-        ``packing.pack_classes``, a dict of [K, R, L] arrays and rows [K, S], the rows dealt over
-        S = ``row_shards`` shards in micro-batch blocks by ``packing.deal_rows``), else the pair
-        (ids, targets)."""
+    def prepare(self, ids: np.ndarray, targets: np.ndarray | None = None,
+                ns: np.ndarray | None = None):
+        """The step's batch argument for token ids [K, B, T], targets [K, B, T-1] (None:
+        ``ids[..., 1:]``) and next-symbol bitmasks [K, B, T-1] (or None): packed rows for a
+        transformer (a list with, per row length L of ``packing.pack_classes``, a dict of
+        [K, R, L] arrays and rows [K, S], the rows dealt over S = ``row_shards`` shards in
+        micro-batch blocks by ``packing.deal_rows``), else the tuple (ids, targets[, ns])."""
         targets = ids[..., 1:] if targets is None else targets
         if not self.prog.packed:
-            return ids, targets
+            return (ids, targets) if ns is None else (ids, targets, ns)
         block = micro_rows(len(ids) // self.seed_shards)
-        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1]), targets=t),
-                           self.row_shards, block) for x, t in zip(ids, targets)]
+        packs = [deal_rows(pack_classes(x, row_classes(ids.shape[-1]), targets=t,
+                                        extras=None if ns is None else {"ns": ns[k]}),
+                           self.row_shards, block) for k, (x, t) in enumerate(zip(ids, targets))]
         return [{k: np.stack([p[c][k] for p in packs]) for k in packs[0][c]}
                 for c in range(len(packs[0]))]
 
     def batch(self, step: int):
         """((batch, ood) placed for the step, the padded length T) of optimizer step ``step``."""
         per_seed = [train_batch(self.data, s, step) for s in self.seeds]
-        real = max(int((x != PAD_ID).sum(1).max()) for x, _ in per_seed)
+        real = max(int((x[0] != PAD_ID).sum(1).max()) for x in per_seed)
         T = bucket_length(real, self.data.bucket, self.data.max_tokens)
         T = max(T, real)
-        ids = np.zeros((len(per_seed), per_seed[0][0].shape[0], T), np.int32)  # [K, B, T]
-        tgt = np.zeros((len(per_seed), per_seed[0][0].shape[0], T - 1), np.int32)
-        for k, (x, y) in enumerate(per_seed):
+        K, B = len(per_seed), per_seed[0][0].shape[0]
+        ids = np.zeros((K, B, T), np.int32)
+        tgt = np.zeros((K, B, T - 1), np.int32)
+        ns = None if per_seed[0][2] is None else np.zeros((K, B, T - 1), np.int32)
+        for k, (x, y, z) in enumerate(per_seed):
             w = min(T, x.shape[1])
             ids[k, :, :w] = x[:, :w]
             tgt[k, :, :w - 1] = y[:, :w - 1]
+            if ns is not None:
+                ns[k, :, :w - 1] = z[:, :w - 1]
         ood = [self.data.ood_batch(s, step) for s in self.seeds]
         ood = None if ood[0] is None else tuple(np.stack(a) for a in zip(*ood))
-        return self.place(ids, ood, tgt), T
+        return self.place(ids, ood, tgt, ns), T
 
-    def place(self, ids: np.ndarray, ood=None, targets: np.ndarray | None = None):
-        """(batch, ood) of token ids [K, B, T] (and targets [K, B, T-1]; None: the next
-        tokens) as the step takes them: prepared and sharded."""
+    def place(self, ids: np.ndarray, ood=None, targets: np.ndarray | None = None,
+              ns: np.ndarray | None = None):
+        """(batch, ood) of token ids [K, B, T] (and targets [K, B, T-1], None: the next
+        tokens; next-symbol bitmasks or None) as the step takes them: prepared and sharded."""
         spec = ("seeds", "rows") if self.prog.packed else ("seeds",)
-        return self.shard(self.prepare(ids, targets), spec), self.shard(ood)
+        return self.shard(self.prepare(ids, targets, ns), spec), self.shard(ood)
 
     # -- steps -------------------------------------------------------------------------------
     def train_step(self, step: int):

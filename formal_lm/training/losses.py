@@ -53,3 +53,20 @@ def kl_sum(p_true, logits):
     pos = p_true > 0
     logp = jnp.log(jnp.where(pos, p_true, 1.0))
     return jnp.sum(jnp.where(pos, p_true * (logp - lq), 0.0))
+
+
+def next_symbol_bce(logits, sets, tokens):
+    """(sum of binary cross-entropies, their count) of next-symbol-set labels.
+
+    ``sets`` int [..., T] is a bitmask per position (bit ``v`` set: token ``v`` may come next;
+    0: the position is not scored); ``tokens`` bool [V] the tokens scored at every scored
+    position; each is one binary decision with logit ``logits[..., v]`` (Butoi et al.'s
+    next-symbol prediction loss).
+    """
+    V = logits.shape[-1]
+    labels = (sets[..., None] >> jnp.arange(V, dtype=sets.dtype)) & 1
+    z = logits.astype(jnp.float32)
+    bce = jnp.where(labels == 1, jax.nn.softplus(-z), jax.nn.softplus(z))
+    mask = ((sets != 0)[..., None] & tokens).astype(jnp.float32)
+    return jnp.sum(bce * mask), jnp.sum(mask)
+

@@ -43,7 +43,8 @@ def row_lengths(T: int, classes: int) -> tuple[int, ...]:
 
 
 def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True,
-                 targets: np.ndarray | None = None) -> list[dict]:
+                 targets: np.ndarray | None = None,
+                 extras: dict[str, np.ndarray] | None = None) -> list[dict]:
     """Like :func:`pack`, but into rows of several static lengths (see :func:`row_lengths`).
 
     A sequence with m inputs belongs to the shortest row length ``L >= m``; it is placed
@@ -55,6 +56,7 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True,
 
     ``targets`` [B, T-1] (None: the next tokens ``ids[:, 1:]``) are what is scored at each
     input, PAD where nothing is; a sequence's inputs run up to its last scored target.
+    ``extras`` are further int arrays [B, T-1] aligned with the targets, packed like them.
     """
     ids = np.asarray(ids)
     B, T = ids.shape
@@ -64,8 +66,10 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True,
     # inputs per sequence: up to the last scored target (for next tokens: real tokens - 1)
     n = np.where(scored.any(axis=1), T - 1 - np.argmax(scored[:, ::-1], axis=1), 0)
     order = np.argsort(-n, kind="stable")
+    extras = dict(extras or {})
     out = [{"inp": np.zeros((B, L), np.int32), "tgt": np.zeros((B, L), np.int32),
             "pos": np.zeros((B, L), np.int32), "seg": np.zeros((B, L), np.int32),
+            **{k: np.zeros((B, L), np.int32) for k in extras},
             "rows": np.int32(0)} for L in lengths]
     open_rows: list[list[int]] = []  # [class, row index in that class, free slots, segments]
     for b in order:
@@ -83,6 +87,8 @@ def pack_classes(ids: np.ndarray, classes: int = 2, fill: bool = True,
         p, i, o = out[r[0]], r[1], lengths[r[0]] - r[2]
         p["inp"][i, o:o + m] = ids[b, :m]
         p["tgt"][i, o:o + m] = targets[b, :m]
+        for k, a in extras.items():
+            p[k][i, o:o + m] = a[b, :m]
         p["pos"][i, o:o + m] = np.arange(m)
         r[3] += 1
         p["seg"][i, o:o + m] = r[3]
@@ -125,7 +131,7 @@ def deal_rows(parts: list[dict], shards: int, block: int = 1) -> list[dict]:
         n_blocks = -(-B // block)  # the most blocks B rows can fill
         C = block * -(-n_blocks // shards)
         dealt = {k: np.zeros((shards * C,) + part[k].shape[1:], part[k].dtype)
-                 for k in ("inp", "tgt", "pos", "seg")}
+                 for k in part if k != "rows"}
         for j, idx in enumerate(rows_of):
             for k in dealt:
                 dealt[k][j * C:j * C + len(idx)] = part[k][idx]

@@ -24,7 +24,8 @@ from flax import nnx
 from formal_lm import models
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.training.config import TrainConfig
-from formal_lm.training.losses import kl_sum, restrict, target_nll, token_nll, weighted_nll
+from formal_lm.training.losses import (kl_sum, next_symbol_bce, restrict, target_nll, token_nll,
+                                       weighted_nll)
 from formal_lm.training.optim import make_optimizer, make_schedule
 from formal_lm.vocab import PAD_ID
 
@@ -98,11 +99,16 @@ class Programs:
     ``classes`` (int [V], or None for one class) and ``class_weights`` (one weight per class)
     come from a supervised task's data: each target is scored against the tokens of its own
     class (``losses.restrict``) and the training loss is ``sum_c w_c * mean NLL of class c``.
+    ``next_symbols`` = (weight, scored tokens bool [V]) adds ``weight *`` the mean
+    next-symbol-set binary cross-entropy (``losses.next_symbol_bce``) of the batch's bitmasks.
     """
 
     def __init__(self, config: TrainConfig, vocab_size: int, classes=None,
-                 class_weights=None):
+                 class_weights=None, next_symbols=None):
         self.config = config
+        self.ns_weight = float(next_symbols[0]) if next_symbols else 0.0
+        self.ns_tokens = (jnp.asarray(np.asarray(next_symbols[1], bool)) if next_symbols
+                          else None)
         self.classes = None if classes is None else jnp.asarray(np.asarray(classes, np.int32))
         self.class_weights = tuple(class_weights or (1.0,))
         self.tx = make_optimizer(config)
@@ -159,16 +165,21 @@ class Programs:
         return token_nll(restrict(logits, tgt, self.classes), tgt)
 
     def _loss(self, params, rest, batch, ood, key):
-        ids, tgt = batch
+        ids, tgt = batch[:2]
         model = nnx.merge(self.graphdef_train, params, rest, copy=True)
         k1, k2 = jax.random.split(key)
-        nll = self._nll_terms(model(ids[:, :-1], rngs=k1), tgt)  # [B, T-1]
+        logits = model(ids[:, :-1], rngs=k1)
+        nll = self._nll_terms(logits, tgt)  # [B, T-1]
         counts = self._counts(tgt)
         n = jnp.sum(counts)
         s = jnp.sum(nll * self._target_weights(tgt, counts))
         plain = jnp.sum(jnp.where(tgt != PAD_ID, nll, 0.0))
         aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": plain / ids.shape[0]}
         total = aux["loss"]
+        if self.ns_weight:  # batch[2]: next-symbol-set bitmasks [B, T-1]
+            ns, ns_n = next_symbol_bce(logits, batch[2], self.ns_tokens)
+            aux["ns_loss"] = ns / jnp.maximum(ns_n, 1.0)
+            total = total + self.ns_weight * aux["ns_loss"]
         if ood is not None:
             aux["ood_loss"] = self._ood_nll(model, ood, k2)
             total = total + self.weight * aux["ood_loss"]
@@ -203,8 +214,9 @@ class Programs:
         return out
 
     # -- packed rows (Transformers) -------------------------------------------------------
-    def _packed_grads(self, params, rest, batch, key, chunk, counts):
-        """(sum of NLL over real targets, its gradient) over the used packed rows.
+    def _packed_grads(self, params, rest, batch, key, chunk, counts, ns_scale=0.0):
+        """(sum of NLL over real targets (plus ``ns_scale`` times the next-symbol BCE sum, when
+        the rows carry bitmasks), its gradient, the BCE sum) over the used packed rows.
 
         ``batch`` is a list with one dict of packed rows per row length L. For each, gradient
         accumulation over micro-batches of ``chunk`` rows in a while loop that stops after its
@@ -218,30 +230,35 @@ class Programs:
             model = nnx.merge(gd, p, rest, copy=True)
             logits = model._packed(c["inp"], c["pos"], c["seg"],
                                    rngs=jax.random.fold_in(ckey, start))  # [size, L, V]
-            return jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
+            s = jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
+            if "ns" not in c:
+                return s, jnp.float32(0.0)
+            ns = next_symbol_bce(logits, c["ns"], self.ns_tokens)[0]
+            return s + ns_scale * ns, ns
 
-        def loop(arrs, first, count, size, ckey, s, g):
+        def loop(arrs, first, count, size, ckey, s, g, b):
             """Accumulates rows first + i * size .. + size - 1 for i < count."""
             def body(carry):
-                i, s, g = carry
-                si, gi = jax.value_and_grad(chunk_loss)(params, arrs, first + i * size, size,
-                                                        ckey)
-                return i + 1, s + si, jax.tree.map(jnp.add, g, gi)
+                i, s, g, b = carry
+                (si, bi), gi = jax.value_and_grad(chunk_loss, has_aux=True)(
+                    params, arrs, first + i * size, size, ckey)
+                return i + 1, s + si, jax.tree.map(jnp.add, g, gi), b + bi
 
-            return jax.lax.while_loop(lambda c: c[0] < count, body, (jnp.int32(0), s, g))[1:]
+            return jax.lax.while_loop(lambda c: c[0] < count, body,
+                                      (jnp.int32(0), s, g, b))[1:]
 
-        s, g = jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params)
+        s, g, b = jnp.float32(0.0), jax.tree.map(jnp.zeros_like, params), jnp.float32(0.0)
         for ci, part in enumerate(batch):
-            arrs = {k: part[k] for k in ("inp", "tgt", "pos", "seg")}  # [R, L]
+            arrs = {k: part[k] for k in ("inp", "tgt", "pos", "seg", "ns") if k in part}
             arrs["wt"] = self._target_weights(part["tgt"], counts)
             rows = part["rows"][0]  # this shard's used rows (packing.deal_rows)
             ckey = jax.random.fold_in(key, ci)
             size = min(chunk, arrs["inp"].shape[0])
             full = rows // size
-            s, g = loop(arrs, 0, full, size, ckey, s, g)
+            s, g, b = loop(arrs, 0, full, size, ckey, s, g, b)
             if size > 1:  # the last rows % size rows one at a time: no empty rows
-                s, g = loop(arrs, full * size, rows - full * size, 1, ckey, s, g)
-        return s, g
+                s, g, b = loop(arrs, full * size, rows - full * size, 1, ckey, s, g, b)
+        return s, g, b
 
     def _packed_step(self, params, opt_state, acc, rest, batch, ood, key, active, t, *, chunk,
                      rows_axis):
@@ -250,14 +267,21 @@ class Programs:
         if rows_axis is not None:  # each rows shard draws its own dropout masks
             k1 = jax.random.fold_in(k1, jax.lax.axis_index(rows_axis))
         counts = sum(self._counts(part["tgt"]) for part in batch)  # [C]
+        ns_n = sum(jnp.sum((part["ns"] != 0)[..., None] & self.ns_tokens, dtype=jnp.float32)
+                   for part in batch) if self.ns_weight else jnp.float32(0.0)
         if rows_axis is not None:  # every shard weighs its targets by the global counts
-            counts = jax.lax.psum(counts, rows_axis)
-        s, g = self._packed_grads(params, rest, batch, k1, chunk, counts)
-        if rows_axis is not None:  # data parallel over the rows: sum the shards' sums
-            s, g = jax.lax.psum((s, g), rows_axis)
+            counts, ns_n = jax.lax.psum((counts, ns_n), rows_axis)
         n = jnp.maximum(jnp.sum(counts), 1.0)
+        # (sum NLL + scale * sum BCE) / n = mean NLL + ns_weight * mean BCE
+        scale = self.ns_weight * n / jnp.maximum(ns_n, 1.0)
+        s, g, b = self._packed_grads(params, rest, batch, k1, chunk, counts, scale)
+        if rows_axis is not None:  # data parallel over the rows: sum the shards' sums
+            s, g, b = jax.lax.psum((s, g, b), rows_axis)
         grads = jax.tree.map(lambda x: x / n, g)
-        aux = {"loss": s / n, "loss_per_seq": s / self.config.batch_size}
+        nll_sum = s - scale * b
+        aux = {"loss": nll_sum / n, "loss_per_seq": nll_sum / self.config.batch_size}
+        if self.ns_weight:
+            aux["ns_loss"] = b / jnp.maximum(ns_n, 1.0)
         if ood is not None:
             def ood_loss(p):
                 return self._ood_nll(nnx.merge(self.graphdef_train, p, rest, copy=True), ood, k2)
@@ -306,25 +330,28 @@ class Programs:
 _PROGRAMS: dict[str, Programs] = {}
 
 
-def signature(config: TrainConfig, vocab_size: int, classes=None, class_weights=None) -> str:
+def signature(config: TrainConfig, vocab_size: int, classes=None, class_weights=None,
+              next_symbols=None) -> str:
     """What the jitted programs depend on (not seeds, data or eval/checkpoint cadence)."""
     d = config.to_dict()
     return json.dumps({"vocab_size": vocab_size, "model": d["model"], "optimizer": d["optimizer"],
                        "classes": None if classes is None else np.asarray(classes).tolist(),
                        "class_weights": None if class_weights is None else list(class_weights),
+                       "next_symbols": None if not next_symbols else [
+                           float(next_symbols[0]), np.asarray(next_symbols[1]).tolist()],
                        "steps": config.steps if config.schedule != "constant" else None,
                        "objective": d["objective"], "batch_size": config.batch_size,
                        "freezes": config.stopping.kl is not None},
                       sort_keys=True)
 
 
-def programs(config: TrainConfig, vocab_size: int, classes=None,
-             class_weights=None) -> Programs:
+def programs(config: TrainConfig, vocab_size: int, classes=None, class_weights=None,
+             next_symbols=None) -> Programs:
     """The (cached) programs of ``config`` for a vocabulary of ``vocab_size`` (and a supervised
     task's token classes and their weights, see :class:`Programs`)."""
-    key = signature(config, vocab_size, classes, class_weights)
+    key = signature(config, vocab_size, classes, class_weights, next_symbols)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = Programs(config, vocab_size, classes, class_weights)
+        _PROGRAMS[key] = Programs(config, vocab_size, classes, class_weights, next_symbols)
     return _PROGRAMS[key]
 
 

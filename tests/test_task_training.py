@@ -223,3 +223,18 @@ def test_packed_step_losses_equal_the_padded_ones_with_next_symbols():
     got = jax.device_get(run.acc)
     np.testing.assert_allclose(got["ns_loss"][0], float(want["ns_loss"]), rtol=2e-5)
     np.testing.assert_allclose(got["loss"][0], float(want["loss"]), rtol=2e-5)
+
+
+def test_the_last_answer_is_kept_when_the_bucket_is_tight():
+    """A batch whose real tokens fill a bucket exactly still keeps its last answer step."""
+    from formal_lm.training.loop import _Run
+
+    def draw(seed, count):  # n = 12, m = 3: BOS x SEP Q Q is 16 real tokens = one bucket
+        return [(("0",) * 12, ("=1", "=0", "=1"))] * count
+
+    data = TaskData("t", V2, draw, 4, 17, eval_size=4, bucket=16)
+    run = _Run(_config(), data, None, None)
+    (batch, _), T = run.batch(0)
+    ids, tgt = (np.asarray(a) for a in batch)
+    assert T == 17 and ids.shape[-1] == 17
+    assert (tgt[0, :, 13:16] == [V2.vocab.id(y) for y in ("=1", "=0", "=1")]).all()

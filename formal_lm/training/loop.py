@@ -118,6 +118,12 @@ class ProgressBar(Callback):
         self.bar.close()
 
 
+def _last_target(targets: np.ndarray) -> int:
+    """The largest step index holding a scored target in ``targets`` [B, T-1] (-1: none)."""
+    cols = np.flatnonzero((targets != PAD_ID).any(0))
+    return int(cols[-1]) if len(cols) else -1
+
+
 def _finite_or_none(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
@@ -249,7 +255,10 @@ class _Run:
     def batch(self, step: int):
         """((batch, ood) placed for the step, the padded length T) of optimizer step ``step``."""
         per_seed = [train_batch(self.data, s, step) for s in self.seeds]
-        real = max(int((x[0] != PAD_ID).sum(1).max()) for x in per_seed)
+        # tokens a row needs: its real ids, and room for its last scored target (a task's
+        # answers end in query steps followed by PAD)
+        real = max(max(int((x != PAD_ID).sum(1).max()), _last_target(y) + 2)
+                   for x, y, _ in per_seed)
         T = bucket_length(real, self.data.bucket, self.data.max_tokens)
         T = max(T, real)
         K, B = len(per_seed), per_seed[0][0].shape[0]

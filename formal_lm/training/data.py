@@ -132,6 +132,13 @@ def train_batch(data, seed: int, step: int) -> tuple:
             None if ns is None else ns(seed, step))
 
 
+def tokens_needed(ids: np.ndarray, targets: np.ndarray) -> int:
+    """The padded length a batch needs: its most real tokens, and room for its last scored
+    target (a task's answers end in query steps that may be followed by PAD)."""
+    cols = np.flatnonzero((targets != PAD_ID).any(0))
+    return max(int((ids != PAD_ID).sum(1).max()), int(cols[-1]) + 2 if len(cols) else 0)
+
+
 def task_classes(data) -> tuple:
     """(token classes [V], class weights, next_symbols) of a supervised task's data (see
     :class:`TrainingData`); (None, None, None) otherwise."""

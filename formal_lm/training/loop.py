@@ -36,12 +36,11 @@ from formal_lm.seeding import Stream, derive
 from formal_lm.training import checkpoint as ckpt
 from formal_lm.training.config import TrainConfig
 from formal_lm.training.data import (TrainingData, bucket_length, digest, task_classes,
-                                     train_batch)
+                                     tokens_needed, train_batch)
 from formal_lm.training.lock import hold
 from formal_lm.training.packing import deal_rows, pack_classes
 from formal_lm.training.programs import (check_max_len, default_mesh, micro_rows, programs,
                                          row_classes)
-from formal_lm.vocab import PAD_ID
 
 KL_TOLERANCE = 1e-6
 RUN_FILE = "run.json"
@@ -116,12 +115,6 @@ class ProgressBar(Callback):
 
     def close(self):
         self.bar.close()
-
-
-def _last_target(targets: np.ndarray) -> int:
-    """The largest step index holding a scored target in ``targets`` [B, T-1] (-1: none)."""
-    cols = np.flatnonzero((targets != PAD_ID).any(0))
-    return int(cols[-1]) if len(cols) else -1
 
 
 def _finite_or_none(v: float) -> float | None:
@@ -255,10 +248,7 @@ class _Run:
     def batch(self, step: int):
         """((batch, ood) placed for the step, the padded length T) of optimizer step ``step``."""
         per_seed = [train_batch(self.data, s, step) for s in self.seeds]
-        # tokens a row needs: its real ids, and room for its last scored target (a task's
-        # answers end in query steps followed by PAD)
-        real = max(max(int((x != PAD_ID).sum(1).max()), _last_target(y) + 2)
-                   for x, y, _ in per_seed)
+        real = max(tokens_needed(x, y) for x, y, _ in per_seed)
         T = bucket_length(real, self.data.bucket, self.data.max_tokens)
         T = max(T, real)
         K, B = len(per_seed), per_seed[0][0].shape[0]

@@ -41,7 +41,7 @@ from formal_lm.seeding import Stream, derive, rng
 from formal_lm.tasks import recognition as rec
 from formal_lm.tasks import transduction as trd
 from formal_lm.tasks.data import TaskData
-from formal_lm.tasks.encoding import TaskVocab, encode, width
+from formal_lm.tasks.encoding import TaskVocab, answers, encode, width
 
 TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight", "ns_weight"}
 LENGTH_KEYS = {"train", "test", "test_step", "per_length"}
@@ -252,12 +252,12 @@ def answer_accuracy(model, vocab: TaskVocab, examples) -> np.ndarray:
     ids, tgt = encode(vocab, list(examples))
     logits = call_model(model, ids[:, :-1], batch_size=64)  # [N, T-1, V]
     first = vocab.first_output
-    pred = first + np.argmax(logits[..., first:], axis=-1)
+    right = answers(vocab, tgt, first + np.argmax(logits[..., first:], axis=-1))
     scored = tgt >= first
     if END in vocab.outputs:
         is_end = tgt == vocab.vocab.id(END)
         scored &= (np.cumsum(is_end, axis=1) - is_end) == 0  # nothing after the first =end
-    return ((pred == tgt) & scored).sum(1) / scored.sum(1)
+    return (right & scored).sum(1) / scored.sum(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,37 +301,58 @@ def _test_examples(task: Task, n: int, count: int, seed: int):
     return out
 
 
-def score_transducer(model, task: Task, lengths: Lengths, seed: int) -> TransductionScore:
-    vocab, per = task.vocab(), lengths.per_length
+@dataclasses.dataclass(frozen=True)
+class ScoringSets:
+    """A task's scoring examples, drawn once from the eval seed and shared by every model and
+    seed: ``in_range`` and ``by_length`` (test length -> examples; a recognizer's are its
+    sets per kind), and for a recognizer the ``train`` examples its baselines are fitted on."""
+
+    in_range: list
+    by_length: tuple[tuple[int, list], ...]
+    train: list = dataclasses.field(default_factory=list)
+
+
+def scoring_sets(task: Task, lengths: Lengths, seed: int) -> ScoringSets:
     lo, hi = lengths.train
-    ind = transduction_draw(task.transduction, lo, hi)(derive(seed, Stream.TASK, -2), 4 * per)
-    by = tuple((n, float(np.mean(answer_accuracy(model, vocab, _test_examples(
-        task, n, per, seed))))) for n in lengths.tested())
-    return TransductionScore(float(np.mean(answer_accuracy(model, vocab, ind))), by)
+    per = lengths.per_length
+    by = tuple((n, _test_examples(task, n, per, seed)) for n in lengths.tested())
+    if task.transduction:
+        ind = transduction_draw(task.transduction, lo, hi)(derive(seed, Stream.TASK, -2),
+                                                           4 * per)
+        return ScoringSets(ind, by)
+    ind = [x for n in range(lo, hi + 1) for x in _test_examples(task, n, max(2, per // 4), seed)]
+    train = recognition_draw(load(task.language), lo, hi, task.negatives)(
+        derive(seed, Stream.TASK, -4), 1024)
+    return ScoringSets(ind, by, train)
 
 
-def score_recognizer(model, task: Task, lengths: Lengths, seed: int) -> dict:
+def score_transducer(model, task: Task, tests: ScoringSets) -> TransductionScore:
+    vocab = task.vocab()
+    by = tuple((n, float(np.mean(answer_accuracy(model, vocab, xs))))
+               for n, xs in tests.by_length)
+    return TransductionScore(float(np.mean(answer_accuracy(model, vocab, tests.in_range))), by)
+
+
+def score_recognizer(model, task: Task, lengths: Lengths, tests: ScoringSets) -> dict:
     """``analysis.recognition`` accuracy in the training range ("in") and at the tested
     lengths ("ood"), on members, uniform non-members and near misses, with the baselines
     fitted on training examples."""
-    vocab, per = task.vocab(), lengths.per_length
+    vocab = task.vocab()
     lo, hi = lengths.train
-    train = recognition_draw(load(task.language), lo, hi, task.negatives)(
-        derive(seed, Stream.TASK, -4), 1024)
+    train_lengths = [len(x) for x, _ in tests.train]
+    train_labels = [y == ("accept",) for _, y in tests.train]
     out = {}
-    for label, ns, count, bins in (
-            ("in", range(lo, hi + 1), max(2, per // 4), [(max(0, lo - 1), hi + 1)]),
-            ("ood", lengths.tested(), per, length_bins(lengths))):
-        sets = [s for n in ns for s in _test_examples(task, n, count, seed)]
+    for label, sets, bins in (
+            ("in", tests.in_range, [(max(0, lo - 1), hi + 1)]),
+            ("ood", [s for _, ss in tests.by_length for s in ss], length_bins(lengths))):
         xs = [ex for s in sets for ex in s]
         right = answer_accuracy(model, vocab, xs) == 1.0
         labels = np.array([y == ("accept",) for _, y in xs])
         out[label] = recognition_accuracy(
             [len(x) for x, _ in xs], labels, np.where(right, labels, ~labels),
-            [k for s in sets for k in s.kinds], bins=bins,
-            train_lengths=[len(x) for x, _ in train],
-            train_labels=[y == ("accept",) for _, y in train],
-            train_max_length=hi + 1 if label == "in" else hi, label="")
+            [k for s in sets for k in s.kinds], bins=bins, train_lengths=train_lengths,
+            train_labels=train_labels, train_max_length=hi + 1 if label == "in" else hi,
+            label="")
     return out
 
 
@@ -344,8 +365,8 @@ def length_bins(lengths: Lengths, n_bins: int = 4) -> list[tuple[int, int]]:
     return bins[:-1] + [(bins[-1][0], hi + 1)]
 
 
-def score(model, task: Task, lengths: Lengths, seed: int) -> dict:
-    """A seed's results on its task by label (typed, each with ``measures()``)."""
+def score(model, task: Task, lengths: Lengths, tests: ScoringSets) -> dict:
+    """A seed's results on its task's ``tests`` by label (typed, each with ``measures()``)."""
     if task.transduction:
-        return {"task": score_transducer(JaxModel(model), task, lengths, seed)}
-    return score_recognizer(JaxModel(model), task, lengths, seed)
+        return {"task": score_transducer(JaxModel(model), task, tests)}
+    return score_recognizer(JaxModel(model), task, lengths, tests)

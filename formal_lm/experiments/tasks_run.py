@@ -13,7 +13,7 @@ from formal_lm.experiments.records import (Checkpoint, SeedRecord, grouped, json
                                            keys_where, records_json, regime, regime_json,
                                            write_csv, write_json)
 from formal_lm.experiments.runs import log, train_or_retrain
-from formal_lm.experiments.tasks import score, task_data
+from formal_lm.experiments.tasks import score, scoring_sets, task_data
 from formal_lm.training import fit, load_models
 from formal_lm.training.loop import finished
 
@@ -60,15 +60,19 @@ def run_tasks(ex, out: Path, *, resume: bool = True, progress: bool = True, only
     if not report:
         return {"experiment": ex.name, "trained": sorted(runs)}
     records, missing = [], [u for u, r in runs.items() if r is None]
+    tests = {}  # per task: drawn once, scored by every model and seed
     for unit, run in runs.items():
         if run is None:
             continue
-        task = ex.study.tasks[unit.split(".")[0]]
+        key = unit.split(".")[0]
+        task = ex.study.tasks[key]
+        if key not in tests:
+            tests[key] = scoring_sets(task, ex.study.lengths, ex.eval_seed)
         log(progress, f"score {unit}")
         for k, (seed, model) in enumerate(zip(run.seeds, load_models(run.run_dir,
                                                                      ex.checkpoint))):
             results = {"checkpoint": Checkpoint.of(ex.checkpoint, run, k),
-                       **score(model, task, ex.study.lengths, ex.eval_seed)}
+                       **score(model, task, ex.study.lengths, tests[key])}
             records.append(SeedRecord(unit, seed, results))
     timing = {"training": t_train, "scoring": time.perf_counter() - t0 - t_train}
     return _report(ex, out, runs, records, missing, timing)
@@ -77,14 +81,10 @@ def run_tasks(ex, out: Path, *, resume: bool = True, progress: bool = True, only
 # ------------------------------------------------------------------------------ report
 def _published(ex) -> dict[tuple[str, str], float]:
     """{(task name, our model name): published score in %} from [published] rows."""
-    rows = ex.published.get("rows") or {}
-    cols = ex.published.get("columns") or list(PUBLISHED_MODELS)
-    out = {}
-    for name, scores in rows.items():
-        if isinstance(scores, list):
-            for col, v in zip(cols, scores):
-                out[(name.split(" ")[0], PUBLISHED_MODELS.get(col, col))] = float(v)
-    return out
+    cols = ex.published.get("columns", [])  # the loader checked one score per column
+    return {(name, PUBLISHED_MODELS.get(col, col)): float(v)
+            for name, scores in (ex.published.get("rows") or {}).items()
+            for col, v in zip(cols, scores)}
 
 
 def _key(records) -> str:

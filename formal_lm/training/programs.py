@@ -215,8 +215,8 @@ class Programs:
 
     # -- packed rows (Transformers) -------------------------------------------------------
     def _packed_grads(self, params, rest, batch, key, chunk, counts, ns_scale=0.0):
-        """(sum of NLL over real targets (plus ``ns_scale`` times the next-symbol BCE sum, when
-        the rows carry bitmasks), its gradient, the BCE sum) over the used packed rows.
+        """(sum of NLL over real targets, the gradient of that sum plus ``ns_scale`` times the
+        next-symbol BCE sum (when the rows carry bitmasks), the BCE sum) over the used rows.
 
         ``batch`` is a list with one dict of packed rows per row length L. For each, gradient
         accumulation over micro-batches of ``chunk`` rows in a while loop that stops after its
@@ -232,15 +232,15 @@ class Programs:
                                    rngs=jax.random.fold_in(ckey, start))  # [size, L, V]
             s = jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
             if "ns" not in c:
-                return s, jnp.float32(0.0)
+                return s, (s, jnp.float32(0.0))
             ns = next_symbol_bce(logits, c["ns"], self.ns_tokens)[0]
-            return s + ns_scale * ns, ns
+            return s + ns_scale * ns, (s, ns)
 
         def loop(arrs, first, count, size, ckey, s, g, b):
             """Accumulates rows first + i * size .. + size - 1 for i < count."""
             def body(carry):
                 i, s, g, b = carry
-                (si, bi), gi = jax.value_and_grad(chunk_loss, has_aux=True)(
+                (_, (si, bi)), gi = jax.value_and_grad(chunk_loss, has_aux=True)(
                     params, arrs, first + i * size, size, ckey)
                 return i + 1, s + si, jax.tree.map(jnp.add, g, gi), b + bi
 
@@ -278,8 +278,7 @@ class Programs:
         if rows_axis is not None:  # data parallel over the rows: sum the shards' sums
             s, g, b = jax.lax.psum((s, g, b), rows_axis)
         grads = jax.tree.map(lambda x: x / n, g)
-        nll_sum = s - scale * b
-        aux = {"loss": nll_sum / n, "loss_per_seq": nll_sum / self.config.batch_size}
+        aux = {"loss": s / n, "loss_per_seq": s / self.config.batch_size}
         if self.ns_weight:
             aux["ns_loss"] = b / jnp.maximum(ns_n, 1.0)
         if ood is not None:

@@ -186,7 +186,7 @@ def test_next_symbol_sets_are_the_exact_viable_continuations():
 @pytest.mark.parametrize("model", ["lstm", "transformer"])
 def test_a_recognizer_trains_with_the_next_symbol_loss(tmp_path, model):
     from formal_lm.grammar_files import load
-    from formal_lm.experiments.tasks import recognition_draw
+    from formal_lm.tasks.draws import recognition_draw
     lang = load("anbn")
     vocab = TaskVocab(lang.alphabet, ("reject", "accept"))
     data = TaskData("rec", vocab, recognition_draw(lang, 2, 8, "both"), 16, 12, eval_size=32,
@@ -202,7 +202,7 @@ def test_a_recognizer_trains_with_the_next_symbol_loss(tmp_path, model):
 def test_packed_step_losses_equal_the_padded_ones_with_next_symbols():
     """The Transformer's packed step reports the same answer loss and next-symbol loss as the
     padded computation on the same parameters (no dropout)."""
-    from formal_lm.experiments.tasks import recognition_draw
+    from formal_lm.tasks.draws import recognition_draw
     from formal_lm.grammar_files import load
     from formal_lm.tasks.data import next_symbol_sets
     from formal_lm.training.loop import _Run

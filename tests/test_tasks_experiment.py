@@ -8,7 +8,8 @@ import pytest
 
 from formal_lm.errors import FormalLMError
 from formal_lm.experiments import load_experiment, run_experiment
-from formal_lm.experiments.tasks import (answer_accuracy, recognition_draw, transduction_draw)
+from formal_lm.experiments.tasks import answer_accuracy
+from formal_lm.tasks.draws import recognition_draw, transduction_draw
 from formal_lm.grammar_files import load
 from formal_lm.tasks import transduction as trd
 

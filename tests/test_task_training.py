@@ -135,8 +135,7 @@ def test_validation_rows_are_the_answers_so_kl_is_the_loss():
 @pytest.mark.parametrize("model", ["lstm", "transformer"])
 def test_a_task_is_learnt_on_the_training_loop(tmp_path, model):
     data = TaskData("reverse", V2, _reverse, 32, 12, eval_size=64)
-    cfg = _config(model, steps=250, eval_every=250, optimizer={"lr": 1e-2})
-    cfg = config_from_dict({**cfg.to_dict(), "batch_size": 32}, require_language=False)
+    cfg = _config(model, steps=250, eval_every=250, batch_size=32, optimizer={"lr": 1e-2})
     r = fit(cfg, data, tmp_path / "run", progress=False)
     line = r.final[0]
     assert line["val_accuracy"] > 0.95, line

@@ -47,7 +47,6 @@ from formal_lm.tasks.encoding import TaskVocab, answers, encode, width
 TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight", "ns_weight"}
 LENGTH_KEYS = {"train", "test", "test_step", "per_length"}
 NEGATIVES = ("uniform", "near_miss", "both")
-RECOGNIZER_OUTPUTS = ("reject", "accept")
 END = "=end"  # the terminal symbol of padded answers
 
 
@@ -80,7 +79,7 @@ class Task:
     def vocab(self) -> TaskVocab:
         if self.transduction:
             return trd.task(self.transduction).vocab
-        return TaskVocab(load(self.language).alphabet, RECOGNIZER_OUTPUTS)
+        return rec.vocab(load(self.language))
 
     def chomsky(self) -> str:
         return trd.task(self.transduction).chomsky if self.transduction else "-"
@@ -287,14 +286,14 @@ def score_recognizer(model, task: Task, lengths: Lengths, tests: ScoringSets) ->
     vocab = task.vocab()
     lo, hi = lengths.train
     train_lengths = [len(x) for x, _ in tests.train]
-    train_labels = [y == ("accept",) for _, y in tests.train]
+    train_labels = [y == rec.ACCEPT for _, y in tests.train]
     out = {}
     for label, sets, bins in (
             ("in", tests.in_range, [(max(0, lo - 1), hi + 1)]),
             ("ood", [s for _, ss in tests.by_length for s in ss], length_bins(lengths))):
         xs = [ex for s in sets for ex in s]
         right = answer_accuracy(model, vocab, xs) == 1.0
-        labels = np.array([y == ("accept",) for _, y in xs])
+        labels = np.array([y == rec.ACCEPT for _, y in xs])
         out[label] = recognition_accuracy(
             [len(x) for x, _ in xs], labels, np.where(right, labels, ~labels),
             [k for s in sets for k in s.kinds], bins=bins, train_lengths=train_lengths,

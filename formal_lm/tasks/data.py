@@ -18,6 +18,7 @@ import numpy as np
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.seeding import SHARED, Stream, derive
 from formal_lm.tasks.encoding import TaskVocab, encode
+from formal_lm.tasks.recognition import ACCEPT
 from formal_lm.training.data import Validation, bucket_length, digest
 from formal_lm.vocab import EOS_ID, PAD_ID
 
@@ -50,7 +51,7 @@ def next_symbol_sets(lang, examples: Sequence[Example], width: int) -> np.ndarra
     tokens ``v`` with p(v | x_1..x_t) > 0 under ``lang`` (token ids as in the language's
     vocabulary, which a recognizer's shares); 0 elsewhere."""
     out = np.zeros((len(examples), width), np.int32)
-    members = [b for b, (_, y) in enumerate(examples) if y == ("accept",)]
+    members = [b for b, (_, y) in enumerate(examples) if y == ACCEPT]
     if not members:
         return out
     ids = lang.vocab.batch([examples[b][0] for b in members])  # [M, n + 2]
@@ -106,7 +107,7 @@ class TaskData:
         self._validation: Validation | None = None
 
     def _encoded(self, examples, T: int | None = None):
-        lm = [self.lm_weight > 0 and y == ("accept",) for _, y in examples]
+        lm = [self.lm_weight > 0 and y == ACCEPT for _, y in examples]
         return encode(self.task_vocab, examples, length=T, lm=lm)
 
     def _batch(self, seed: int, step: int):

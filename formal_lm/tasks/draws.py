@@ -60,7 +60,7 @@ def recognition_draw(lang, lo: int, hi: int, negatives: str):
             for n, idx in _by_length(np.where(kind == k, ns, -1)).items():
                 if n < 0:
                     continue
-                label = ("accept",) if k == 0 else ("reject",)
+                label = rec.ACCEPT if k == 0 else rec.REJECT
                 for i, x in zip(idx, f(lang, n, len(idx), derive(seed, Stream.TASK, k, n))):
                     out[i] = (tuple(x), label)
         return out

@@ -80,11 +80,10 @@ class TaskVocab:
         return c
 
     def output_id(self, y: str) -> int:
-        return self.vocab.id(y) if y in self.outputs else self._bad_output(y)
-
-    def _bad_output(self, y):
-        raise FormalLMError(Problem(f"output symbol {y!r} is not one of {self.outputs}",
-                                    "use the task's output alphabet"))
+        if y not in self.outputs:
+            raise FormalLMError(Problem(f"output symbol {y!r} is not one of {self.outputs}",
+                                        "use the task's output alphabet"))
+        return self.vocab.id(y)
 
 
 def width(n: int, m: int) -> int:

@@ -42,10 +42,17 @@ from formal_lm import limits
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.language import check_count
 from formal_lm.seeding import Stream, derive, rng
+from formal_lm.tasks.encoding import TaskVocab
 
 String = tuple[str, ...]
 ACCEPT = ("accept",)
 REJECT = ("reject",)
+
+
+def vocab(lang) -> TaskVocab:
+    """A recognizer's vocabulary: the language's symbols in, ``reject`` / ``accept`` out (so
+    its input ids are the language's own)."""
+    return TaskVocab(lang.alphabet, REJECT + ACCEPT)
 KINDS = ("positive", "negative", "near_miss")
 
 ENUMERATION_LIMIT = 4096

@@ -154,8 +154,31 @@ def _attend(
     Packed rows pass per-token positions q_pos [B, T], k_pos [B, S] and segment ids q_seg
     [B, T], k_seg [B, S]: a query then sees the keys of its own segment at positions <= its own.
     """
-    weights = _attention_probs(q, k, q_pos, k_pos, slopes, q_seg, k_seg)  # [B, H, T, S]
-    return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
+    with jax.named_scope("scores"):
+        weights = _attention_probs(q, k, q_pos, k_pos, slopes, q_seg, k_seg)  # [B, H, T, S]
+    with jax.named_scope("mix"):
+        return jnp.einsum("bhts,bshk->bthk", weights, v.astype(jnp.float32))
+
+
+def _causal_attend(q, k, v, pos, slopes=None, seg=None) -> jax.Array:
+    """``_attend`` of a full pass (queries and keys are the same T slots) in query blocks.
+
+    q, k, v: [B, T, H, K]; pos: [T] (or [B, T] with seg [B, T] for packed rows) -> [B, T, H, K].
+    Key slot j > query slot i is always masked (also in packed rows, where segments are
+    contiguous), so query block i only scores keys [0, end_i): ~(n+1)/2n of the [T, T] scores
+    for n blocks of about ``CAUSAL_BLOCK`` queries, same result.
+    """
+    t = q.shape[1]
+    n = min(max(t // CAUSAL_BLOCK, 1), 32)
+    bounds = [round(t * i / n) for i in range(n + 1)]
+
+    def cut(a, lo, hi):  # segment ids of slots lo..hi-1 (None when not packed)
+        return None if a is None else a[:, lo:hi]
+
+    outs = [_attend(q[:, lo:hi], k[:, :hi], v[:, :hi], pos[..., lo:hi], pos[..., :hi], slopes,
+                    cut(seg, lo, hi), cut(seg, 0, hi))
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return outs[0] if n == 1 else jnp.concatenate(outs, axis=1)  # [B, T, H, K]
 
 
 def _attention_probs(q, k, q_pos, k_pos, slopes, q_seg=None, k_seg=None) -> jax.Array:
@@ -207,9 +230,10 @@ class _Block(nnx.Module):
         """
         b, t, d = h.shape
         shape = (b, t, self.n_heads, d // self.n_heads)
-        q = self.query(h).reshape(shape)  # [B, T, H, K]
-        k = self.key(h).reshape(shape)
-        v = self.value(h).reshape(shape)
+        with jax.named_scope("project"):
+            q = self.query(h).reshape(shape)  # [B, T, H, K]
+            k = self.key(h).reshape(shape)
+            v = self.value(h).reshape(shape)
         if self.pos_encoding == "rope":
             q, k = _rope(q, pos), _rope(k, pos)
         if cache is None:
@@ -224,21 +248,10 @@ class _Block(nnx.Module):
         if cache is not None:
             o = _attend(q, k_all, v_all, pos, k_pos, slopes)
         else:
-            # Full pass: key slot j > query slot i is always masked (also in packed rows,
-            # where segments are contiguous), so query block i only scores keys [0, end_i):
-            # ~(n+1)/2n of the [T, T] scores for n blocks, same result.
-            n = min(max(t // CAUSAL_BLOCK, 1), 32)
-            bounds = [round(t * i / n) for i in range(n + 1)]
-            def cut(a, lo, hi):  # segment ids of slots lo..hi-1 (None when not packed)
-                return None if a is None else a[:, lo:hi]
-
-            outs = []
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                outs.append(_attend(q[:, lo:hi], k[:, :hi], v[:, :hi], pos[..., lo:hi],
-                                    pos[..., :hi], slopes, cut(seg, lo, hi), cut(seg, 0, hi)))
-            o = outs[0] if n == 1 else jnp.concatenate(outs, axis=1)  # [B, T, H, K]
+            o = _causal_attend(q, k, v, pos, slopes, seg)
         o = o.reshape(b, t, d)  # [B, T, D]
-        return self.attn_out(o), cache
+        with jax.named_scope("project"):
+            return self.attn_out(o), cache
 
     def attention_weights(self, x, pos):
         """The block's attention weights on its input x [B, T, D]: float32 [B, H, T, T]."""
@@ -252,17 +265,29 @@ class _Block(nnx.Module):
         return _attention_probs(q, k, pos, pos, slopes)
 
     def _mlp(self, h):
-        return self.fc2(ACTIVATIONS[self.activation](self.fc1(h)))  # [B, T, D]
+        with jax.named_scope("mlp"):
+            return self.fc2(ACTIVATIONS[self.activation](self.fc1(h)))  # [B, T, D]
+
+    def _norm(self, ln, x):
+        with jax.named_scope("norm"):
+            return ln(x)
+
+    def _drop(self, x, rngs):
+        with jax.named_scope("dropout"):
+            return self.drop(x, rngs=rngs)
 
     def __call__(self, x, pos, cache, rngs, seg=None):
+        # The named scopes label the compiled ops by component (benchmarks/profile_step.py).
         if self.norm == "pre":
-            a, cache = self._attention(self.ln1(x), pos, cache, seg)
-            x = x + self.drop(a, rngs=rngs)
-            x = x + self.drop(self._mlp(self.ln2(x)), rngs=rngs)
+            with jax.named_scope("attention"):
+                a, cache = self._attention(self._norm(self.ln1, x), pos, cache, seg)
+            x = x + self._drop(a, rngs)
+            x = x + self._drop(self._mlp(self._norm(self.ln2, x)), rngs)
         else:
-            a, cache = self._attention(x, pos, cache, seg)
-            x = self.ln1(x + self.drop(a, rngs=rngs))
-            x = self.ln2(x + self.drop(self._mlp(x), rngs=rngs))
+            with jax.named_scope("attention"):
+                a, cache = self._attention(x, pos, cache, seg)
+            x = self._norm(self.ln1, x + self._drop(a, rngs))
+            x = self._norm(self.ln2, x + self._drop(self._mlp(x), rngs))
         return x, cache
 
 
@@ -295,17 +320,20 @@ class TransformerLM(nnx.Module):
         self.unembed = nnx.Linear(d, config.vocab_size, rngs=rngs)
 
     def _embed(self, ids, pos, rngs):
-        x = self.embed(ids)  # [B, T, D]
-        if self.config.pos_encoding == "learned":
-            x = x + self.pos_embed(pos)  # [T, D] (or [B, T, D] for packed rows)
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + _sinusoid(pos, self.config.d_model)
-        return self.drop(x, rngs=rngs)
+        with jax.named_scope("embed"):
+            x = self.embed(ids)  # [B, T, D]
+            if self.config.pos_encoding == "learned":
+                x = x + self.pos_embed(pos)  # [T, D] (or [B, T, D] for packed rows)
+            elif self.config.pos_encoding == "sinusoidal":
+                x = x + _sinusoid(pos, self.config.d_model)
+        with jax.named_scope("dropout"):
+            return self.drop(x, rngs=rngs)
 
     def _head(self, x):
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return self.unembed(x).astype(jnp.float32)  # [B, T, V]
+        with jax.named_scope("head"):
+            if self.final_norm is not None:
+                x = self.final_norm(x)
+            return self.unembed(x).astype(jnp.float32)  # [B, T, V]
 
     def __call__(self, ids: jax.Array, *, rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
         """ids int32 [B, T] -> logits float32 [B, T, V]."""

@@ -187,11 +187,12 @@ class Programs:
 
     def _update(self, params, opt_state, acc, grads, aux, active):
         """One optimizer update; a frozen (saturated) seed's parameters stay as they are."""
-        updates, new_state = self.tx.update(grads, opt_state, params)
-        if self.freezes:
-            updates = jax.tree.map(lambda u: u * active, updates)
-        params = optax.apply_updates(params, updates)
-        return params, new_state, {k: acc[k] + aux[k] for k in acc}
+        with jax.named_scope("optimizer"):
+            updates, new_state = self.tx.update(grads, opt_state, params)
+            if self.freezes:
+                updates = jax.tree.map(lambda u: u * active, updates)
+            params = optax.apply_updates(params, updates)
+            return params, new_state, {k: acc[k] + aux[k] for k in acc}
 
     def _plain_step(self, params, opt_state, acc, rest, batch, ood, key, active, t):
         key = jax.random.fold_in(key, t)
@@ -230,11 +231,12 @@ class Programs:
             model = nnx.merge(gd, p, rest, copy=True)
             logits = model._packed(c["inp"], c["pos"], c["seg"],
                                    rngs=jax.random.fold_in(ckey, start))  # [size, L, V]
-            s = jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
-            if "ns" not in c:
-                return s, (s, jnp.float32(0.0))
-            ns = next_symbol_bce(logits, c["ns"], self.ns_tokens)[0]
-            return s + ns_scale * ns, (s, ns)
+            with jax.named_scope("loss"):
+                s = jnp.sum(self._nll_terms(logits, c["tgt"]) * c["wt"])
+                if "ns" not in c:
+                    return s, (s, jnp.float32(0.0))
+                ns = next_symbol_bce(logits, c["ns"], self.ns_tokens)[0]
+                return s + ns_scale * ns, (s, ns)
 
         def loop(arrs, first, count, size, ckey, s, g, b):
             """Accumulates rows first + i * size .. + size - 1 for i < count."""
@@ -242,7 +244,8 @@ class Programs:
                 i, s, g, b = carry
                 (_, (si, bi)), gi = jax.value_and_grad(chunk_loss, has_aux=True)(
                     params, arrs, first + i * size, size, ckey)
-                return i + 1, s + si, jax.tree.map(jnp.add, g, gi), b + bi
+                with jax.named_scope("accumulate"):
+                    return i + 1, s + si, jax.tree.map(jnp.add, g, gi), b + bi
 
             return jax.lax.while_loop(lambda c: c[0] < count, body,
                                       (jnp.int32(0), s, g, b))[1:]

@@ -354,7 +354,8 @@ def main(argv=None):
                          "skip the upper triangle); full: it scores the whole T x T")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
-    jax.config.update("jax_num_cpu_devices", args.devices)
+    if args.devices > 1:  # 1: JAX's default, left as it is (main may run after JAX started)
+        jax.config.update("jax_num_cpu_devices", args.devices)
     rounds = args.rounds or (1 if args.quick else 2)
     if args.quick:
         cases = [("cpu", 1), ("cpu", 8), ("paper", 1)]

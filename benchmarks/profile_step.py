@@ -14,8 +14,10 @@ step and their median duration. "outside any op" is the rest of (wall time x thr
 threads spent between ops (dispatch, loop control) or idle, waiting for the other thread.
 
 The second part measures floors: the MLP's forward + backward alone at the step's shape
-(d_model x d_ff, as many tokens as the batch holds), in the form XLA runs fastest here
-(token tiles of several sizes, best kept), against the 1024^2 matmul peak of the same run.
+(d_model x d_ff, as many tokens as the batch holds), whole and in token tiles of several
+sizes, against the 1024^2 matmul peak of the same run; and one layer's attention core alone on
+the batch's packed rows, in several query-block sizes, looped as the step loops and all at once.
+The fastest form of each is its floor: a floor among the forms tried, not a proof of a limit.
 
     python benchmarks/profile_step.py                   # paper shape, K = 1, 3 traced steps
     python benchmarks/profile_step.py --seeds 8 --steps 2

@@ -202,6 +202,12 @@ def _attention_probs(q, k, q_pos, k_pos, slopes, q_seg=None, k_seg=None) -> jax.
 # --------------------------------------------------------------------------- modules
 
 
+def _drop(drop: nnx.Dropout, x: jax.Array, rngs) -> jax.Array:
+    """``drop(x)``, its ops labelled "dropout" (the embedding's and every sublayer's)."""
+    with jax.named_scope("dropout"):
+        return drop(x, rngs=rngs)
+
+
 class _Block(nnx.Module):
     """One attention + MLP block, pre- or post-LayerNorm."""
 
@@ -272,22 +278,18 @@ class _Block(nnx.Module):
         with jax.named_scope("norm"):
             return ln(x)
 
-    def _drop(self, x, rngs):
-        with jax.named_scope("dropout"):
-            return self.drop(x, rngs=rngs)
-
     def __call__(self, x, pos, cache, rngs, seg=None):
         # The named scopes label the compiled ops by component (benchmarks/profile_step.py).
         if self.norm == "pre":
             with jax.named_scope("attention"):
                 a, cache = self._attention(self._norm(self.ln1, x), pos, cache, seg)
-            x = x + self._drop(a, rngs)
-            x = x + self._drop(self._mlp(self._norm(self.ln2, x)), rngs)
+            x = x + _drop(self.drop, a, rngs)
+            x = x + _drop(self.drop, self._mlp(self._norm(self.ln2, x)), rngs)
         else:
             with jax.named_scope("attention"):
                 a, cache = self._attention(x, pos, cache, seg)
-            x = self._norm(self.ln1, x + self._drop(a, rngs))
-            x = self._norm(self.ln2, x + self._drop(self._mlp(x), rngs))
+            x = self._norm(self.ln1, x + _drop(self.drop, a, rngs))
+            x = self._norm(self.ln2, x + _drop(self.drop, self._mlp(x), rngs))
         return x, cache
 
 
@@ -326,8 +328,7 @@ class TransformerLM(nnx.Module):
                 x = x + self.pos_embed(pos)  # [T, D] (or [B, T, D] for packed rows)
             elif self.config.pos_encoding == "sinusoidal":
                 x = x + _sinusoid(pos, self.config.d_model)
-        with jax.named_scope("dropout"):
-            return self.drop(x, rngs=rngs)
+        return _drop(self.drop, x, rngs)
 
     def _head(self, x):
         with jax.named_scope("head"):

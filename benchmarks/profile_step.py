@@ -42,6 +42,7 @@ from jax.profiler import ProfileData
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_training as bt  # noqa: E402  (the benchmark's shapes, batches and step)
 from formal_lm.models import transformer  # noqa: E402
+from formal_lm.training import programs  # noqa: E402
 
 # innermost scope wins; "project"/"scores"/"mix" are the parts of "attention"
 SCOPES = ("embed", "attention", "project", "scores", "mix", "mlp", "norm", "dropout", "head",
@@ -108,6 +109,8 @@ def exclusive(ops):
 
 def overlap(ops) -> tuple[int, int]:
     """(ns with an op running on at least one thread, ns with ops on two threads at once)."""
+    if not ops:
+        return 0, 0
     by_thread = collections.defaultdict(list)
     for thread, _, start, end, _ in ops:
         by_thread[thread].append((start, end))
@@ -174,68 +177,70 @@ def mlp_floor(tokens: int, d: int, f: int, tiles=(None, 128, 256, 512, 1024)) ->
             return dp, dx, grads(p, x[m:], g[m:])  # the remainder as one piece
         return f_
 
-    out = {}
-    for n in tiles:
-        f_ = jax.jit(grads if n is None else tiled(n))
-        jax.block_until_ready(f_(p, x, g))
-        ts = []
-        for _ in range(5):
-            t = time.perf_counter()
-            jax.block_until_ready(f_(p, x, g))
-            ts.append(time.perf_counter() - t)
-        out["whole" if n is None else f"tiles of {n}"] = min(ts) * 1e3
-    return out
+    return {"whole" if n is None else f"tiles of {n}":
+            best_ms(jax.jit(grads if n is None else tiled(n)), p, x, g) for n in tiles}
 
 
-def attention_floor(ours, micro: int = 4, blocks=(16, 32, 64, 1024)) -> dict:
+def attention_floor(ours, blocks=(16, 32, 64, 1024)) -> dict:
     """ms of one layer's attention core (q.k, mask, softmax, weights x values; forward +
     backward) over the used packed rows of one seed's batch, summed over its row lengths.
 
     For each query-block size (``transformer.CAUSAL_BLOCK``; 1024: one block, the whole
-    L x L), the rows run as the step runs them (a loop over micro-batches of ``micro`` rows)
-    and all at once; each row length keeps its fastest form, best of 5 calls."""
+    L x L), the rows run as the step runs them (``programs.MICRO_ROWS`` rows at a time, the
+    last ``rows % MICRO_ROWS`` one at a time) and all at once; each row length keeps its
+    fastest form, best of 5 calls."""
     heads = ours.eng.config.model_config["n_heads"]
     dk = ours.eng.config.model_config["d_model"] // heads
+    micro = programs.MICRO_ROWS
+
+    def core(q, kk, v, pos, seg, g):
+        return jnp.vdot(transformer._causal_attend(q, kk, v, pos, None, seg), g)
+
+    grads = jax.grad(core, argnums=(0, 1, 2))
+
+    def looped(*arrs):
+        rows = arrs[0].shape[0]
+        full = rows // micro * micro
+        return [jax.lax.map(lambda a: grads(*a), tuple(x[lo:hi].reshape(-1, size, *x.shape[1:])
+                                                       for x in arrs))
+                for lo, hi, size in ((0, full, micro), (full, rows, 1)) if hi > lo]
+
     total = collections.defaultdict(float)
     for part in ours.batches[0]:
         rows = int(np.asarray(part["rows"]).ravel()[0])
         pos, seg = part["pos"][0, :rows], part["seg"][0, :rows]
         k = jax.random.split(jax.random.key(1), 4)
         q, kk, v, g = (jax.random.normal(k[i], (rows, pos.shape[1], heads, dk)) for i in range(4))
+        args = (q, kk, v, pos, seg, g)
         best = {}
         for block in blocks:
-            def core(q, kk, v, pos, seg, g):
-                return jnp.vdot(transformer._causal_attend(q, kk, v, pos, None, seg), g)
-
-            def looped(q, kk, v, pos, seg, g):
-                n = rows // micro * micro
-                cut = [a[:n].reshape(-1, micro, *a.shape[1:]) for a in (q, kk, v, pos, seg, g)]
-                step = jax.grad(core, argnums=(0, 1, 2))
-                out = jax.lax.map(lambda a: step(*a), tuple(cut))
-                return out, step(*(a[n:] for a in (q, kk, v, pos, seg, g))) if n < rows else 0
-            for form, f in (("loop", looped), ("whole", jax.grad(core, argnums=(0, 1, 2)))):
+            for form, f in (("loop", looped), ("whole", grads)):
                 old, transformer.CAUSAL_BLOCK = transformer.CAUSAL_BLOCK, block
                 try:
-                    fj = jax.jit(f).lower(q, kk, v, pos, seg, g).compile()
+                    fj = jax.jit(f).lower(*args).compile()
                 finally:
                     transformer.CAUSAL_BLOCK = old
-                jax.block_until_ready(fj(q, kk, v, pos, seg, g))
-                ts = []
-                for _ in range(5):
-                    t = time.perf_counter()
-                    jax.block_until_ready(fj(q, kk, v, pos, seg, g))
-                    ts.append(time.perf_counter() - t)
-                best[f"{form}, blocks of {block}"] = min(ts) * 1e3
+                best[f"{form}, blocks of {block}"] = best_ms(fj, *args)
         for name, ms in best.items():
             total[name] += ms
         total["best per row length"] += min(best.values())
     return dict(total)
 
 
+def best_ms(f, *args, calls: int = 5) -> float:
+    """The fastest of ``calls`` timed calls of ``f(*args)`` after one untimed call, in ms."""
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t)
+    return min(ts) * 1e3
+
+
 def real_tokens(ours) -> int:
-    """Scored targets in one seed's batch (what the packed step does work for)."""
-    ids = bt.anbn_batch(1, bt.SHAPES["paper"]["B"], bt.SHAPES["paper"]["T"], seed=0)[0]
-    return int(np.sum(ids[:, 1:] != bt.PAD_ID))
+    """Scored targets in the first seed's batch of the step (what the packed step works for)."""
+    return sum(int(np.sum(np.asarray(part["tgt"])[0] != bt.PAD_ID)) for part in ours.batches[0])
 
 
 def main(argv=None):

@@ -68,6 +68,12 @@ def test_profile_of_the_small_step_accounts_for_its_components(small_step):
     assert 0 < one <= 1.01 and 0 <= two <= one
 
 
+def test_real_tokens_are_the_batchs_targets_after_packing(small_step):
+    spec = bt.SHAPES["cpu"]
+    ids = bt.anbn_batch(1, spec["B"], spec["T"], seed=0)[0]  # the step's first batch, seed 0
+    assert ps.real_tokens(small_step) == int((ids[:, 1:] != bt.PAD_ID).sum())
+
+
 def test_floors_measure_every_form(small_step):
     floor = ps.mlp_floor(300, 4, 16, tiles=(None, 128))
     assert set(floor) == {"whole", "tiles of 128"} and all(v > 0 for v in floor.values())

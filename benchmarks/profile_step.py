@@ -9,6 +9,10 @@ q.k, mask and softmax, ``mix``: the weighted sum of values), ``mlp``, ``norm``, 
 ``head``; the trainer labels ``loss``, ``accumulate`` (adding each micro-batch's gradient) and
 ``optimizer``. The backward pass of a scope counts to that scope.
 
+The plain padded reference steps of ``bench_training`` (``--reference-attention`` model and
+full) are timed in the same run, interleaved with ours, and the summary compares them with our
+step and with the two floors: what 34x would need, and the most the floors allow.
+
 Printed per component: thread-milliseconds per step inside its ops, share, ops executed per
 step and their median duration. "outside any op" is the rest of (wall time x threads): time the
 threads spent between ops (dispatch, loop control) or idle, waiting for the other thread.
@@ -255,7 +259,14 @@ def main(argv=None):
           f"   matmul peak (1024^2 f32): {peak:.0f} GFLOP/s   load: {load0:.2f}   "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     ours = bt.Ours(args.shape, args.seeds)
-    untraced = [ours.run(args.steps) for _ in range(3)]
+    # the in-run references of bench_training (one seed, padded [B, T]), interleaved with ours
+    refs = {a: bt.Reference(args.shape, a) for a in ("model", "full")}
+    untraced, ref_s = [], collections.defaultdict(list)
+    for _ in range(3):
+        untraced.append(ours.run(args.steps))
+        for a, r in refs.items():
+            ref_s[a].append(r.run(args.steps)[0])
+    ref_s = {a: statistics.median(v) for a, v in ref_s.items()}
     plain_s = statistics.median(w for w, _ in untraced)
     cpu_s = statistics.median(c for _, c in untraced)
     prof = profile(ours, args.steps)
@@ -300,8 +311,16 @@ def main(argv=None):
           f"seed-step; the step's attention ops took "
           f"{sum(v for c, v in prof['ms'].items() if c in ATTENTION) / args.seeds:.0f} "
           f"thread-ms per seed-step")
+    floors = (best * m["n_layers"] + att["best per row length"] * m["n_layers"]) / 1e3
+    print(f"\nagainst the plain padded step timed in this run (ours {plain_s / args.seeds:.3f} s "
+          f"per seed-step; the MLP and attention floors alone {floors:.3f} s):")
+    for a, r in ref_s.items():
+        print(f"  reference ({a} attention) {r:.3f} s per step: ours {r * args.seeds / plain_s:.1f}x;"
+              f" 34x would need {r / 34 * 1e3:.0f} ms per seed-step; the floors allow at most "
+              f"{r / floors:.1f}x")
     print(f"load at the end: {bt.load():.2f}")
-    return prof, floor, att
+    return {"profile": prof, "mlp": floor, "attention": att, "seed_step_s": plain_s / args.seeds,
+            "reference_s": ref_s, "floors_s": floors}
 
 
 if __name__ == "__main__":

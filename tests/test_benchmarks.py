@@ -88,3 +88,11 @@ def test_bench_training_reports_a_ratio_against_the_in_run_reference():
     (row,) = summary
     assert row["K"] == 1 and math.isfinite(row["ratio"]) and row["ratio"] > 0
     assert row["mib_per_seed"] > 0
+
+
+def test_profile_step_main_compares_floors_with_the_in_run_reference():
+    out = ps.main(["--shape", "cpu", "--steps", "1"])
+    assert set(out["reference_s"]) == {"model", "full"}
+    assert all(r > 0 for r in out["reference_s"].values())
+    assert 0 < out["floors_s"] and 0 < out["seed_step_s"]
+    assert {"mlp", "scores"} <= set(out["profile"]["ms"])

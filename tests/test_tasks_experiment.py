@@ -8,7 +8,7 @@ import pytest
 
 from formal_lm.errors import FormalLMError
 from formal_lm.experiments import load_experiment, run_experiment
-from formal_lm.experiments.tasks import answer_accuracy
+from formal_lm.experiments.tasks import Task, _test_examples, answer_accuracy
 from formal_lm.tasks.draws import recognition_draw, transduction_draw
 from formal_lm.grammar_files import load
 from formal_lm.tasks import transduction as trd
@@ -131,6 +131,7 @@ def test_tiny_run_writes_a_report_and_jobs_merge(tmp_path):
 def test_padded_answers_are_scored_up_to_their_first_terminal():
     task = trd.task("stack_manipulation")
     ex = [e for e in task.sample(6, 20, 1) if "=end" in e[1][:-1]][:3]
+    assert ex  # the seed gives padded answers to score
     v = task.vocab
 
     def wrong_padding(ids):  # right up to =end, then the padding wrong
@@ -144,3 +145,13 @@ def test_padded_answers_are_scored_up_to_their_first_terminal():
         return out
 
     assert answer_accuracy(wrong_padding, v, ex).tolist() == [1.0] * len(ex)
+
+
+def test_a_recognizers_test_sets_draw_their_own_positives():
+    """The uniform-negative and near-miss sets of a length are independent draws: with one
+    seed for both they held the same positives twice."""
+    uniform, near = _test_examples(Task("p", language="parity"), 22, 16, seed=0)
+    pos = [[x for (x, _), k in zip(s.pairs, s.kinds) if k == "positive"]
+           for s in (uniform, near)]
+    assert len(pos[0]) == len(pos[1]) == 8
+    assert pos[0] != pos[1]

@@ -239,9 +239,11 @@ def _test_examples(task: Task, n: int, count: int, seed: int):
         return trd.task(task.transduction).sample(n, count, s)
     lang = load(task.language)
     out = []
-    for negative in ("uniform", "near_miss"):
+    for j, negative in enumerate(("uniform", "near_miss")):
+        # each set its own seed: with one seed both sets held the same positives
+        sj = s if j == 0 else derive(seed, Stream.TASK, -3, n, j)
         try:
-            out.append(rec.examples(lang, [n], count, s, negative=negative))
+            out.append(rec.examples(lang, [n], count, sj, negative=negative))
         except FormalLMError:  # no near misses / no non-members here: the other kind only
             continue
     return out

@@ -155,3 +155,13 @@ def test_a_recognizers_test_sets_draw_their_own_positives():
            for s in (uniform, near)]
     assert len(pos[0]) == len(pos[1]) == 8
     assert pos[0] != pos[1]
+
+
+def test_report_describes_only_the_kinds_of_task_it_has(tmp_path):
+    text = TINY.split("[published]")[0].replace(
+        '[tasks.rev]\ntransduction = "reverse_string"\n', "")
+    out = tmp_path / "out"
+    run_experiment(_write(tmp_path, text), out, progress=False, report_only=True)
+    report = (out / "report.md").read_text()
+    assert "A recognizer reads a string" in report and "No run has finished" in report
+    assert "transducer" not in report

@@ -169,12 +169,17 @@ def _report(ex, out: Path, runs, records, missing, timing) -> dict:
     inside = grouped(reg.inside) if reg else {}
     lo, hi = ex.study.lengths.train
     tlo, thi = ex.study.lengths.test
+    kinds = {t.kind for t in ex.study.tasks.values()}
     lines = R.header(ex, timing) + [
         f"Training lengths {lo}..{hi}; tested at lengths {tlo}..{thi} (every "
         f"{ex.study.lengths.test_step}), {ex.study.lengths.per_length} fresh examples per "
-        "length. A transducer reads its input, then answers one symbol per step without "
-        "reading its answers; its score is the per-token accuracy of the answers, averaged "
-        "over the tested lengths.", ""]
+        "length."
+        + (" A transducer reads its input, then answers one symbol per step without reading "
+           "its answers; its score is the per-token accuracy of the answers, averaged over the "
+           "tested lengths." if "transduction" in kinds else "")
+        + (" A recognizer reads a string and answers accept or reject; its score is the "
+           "fraction of examples answered right, per kind of example (members, uniform "
+           "non-members, near misses) and length bin." if "recognition" in kinds else ""), ""]
     if missing:
         lines += [f"**Missing runs (not finished):** {', '.join(missing)}.", ""]
     if not records:

@@ -207,7 +207,7 @@ def test_packed_step_losses_equal_the_padded_ones_with_next_symbols():
     from formal_lm.training.loop import _Run
     lang = load("anbn")
     vocab = TaskVocab(lang.alphabet, ("reject", "accept"))
-    data = TaskData("rec", vocab, recognition_draw(lang, 2, 12, "both"), 16, 16, eval_size=8,
+    data = TaskData("rec", vocab, recognition_draw(lang, 2, 12, "both"), 8, 16, eval_size=8,
                     language=lang, next_symbol_weight=0.7, lm_weight=0.3)
     run = _Run(_config("transformer"), data, None, None)
     assert run.prog.packed
@@ -222,6 +222,7 @@ def test_packed_step_losses_equal_the_padded_ones_with_next_symbols():
     got = jax.device_get(run.acc)
     np.testing.assert_allclose(got["ns_loss"][0], float(want["ns_loss"]), rtol=2e-5)
     np.testing.assert_allclose(got["loss"][0], float(want["loss"]), rtol=2e-5)
+    np.testing.assert_allclose(got["loss_per_seq"][0], float(want["loss_per_seq"]), rtol=2e-5)
 
 
 def test_the_last_answer_is_kept_when_the_bucket_is_tight():

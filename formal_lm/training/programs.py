@@ -173,8 +173,7 @@ class Programs:
         counts = self._counts(tgt)
         n = jnp.sum(counts)
         s = jnp.sum(nll * self._target_weights(tgt, counts))
-        plain = jnp.sum(jnp.where(tgt != PAD_ID, nll, 0.0))
-        aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": plain / ids.shape[0]}
+        aux = {"loss": s / jnp.maximum(n, 1.0), "loss_per_seq": s / ids.shape[0]}
         total = aux["loss"]
         if self.ns_weight:  # batch[2]: next-symbol-set bitmasks [B, T-1]
             ns, ns_n = next_symbol_bce(logits, batch[2], self.ns_tokens)

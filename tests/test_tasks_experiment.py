@@ -71,6 +71,13 @@ def test_transformer_max_len_must_hold_the_longest_test_example(tmp_path):
         load_experiment(_write(tmp_path, text))
 
 
+def test_transformer_max_len_is_checked_against_the_tasks_examples_only(tmp_path):
+    """Tasks never read [train.data] max_length (64 by default): a Transformer whose max_len
+    holds the longest tested example is accepted."""
+    text = TINY + '[models.tf]\nname = "transformer"\nd_model = 8\nn_heads = 2\nmax_len = 40\n'
+    assert "tf" in load_experiment(_write(tmp_path, text)).models
+
+
 def test_draws_are_pure_functions_of_the_seed_with_the_stated_lengths():
     draw = transduction_draw("reverse_string", 3, 5)
     a, b = draw(7, 50), draw(7, 50)

@@ -380,7 +380,9 @@ def _check_lengths(ex: Experiment, chk: Checker) -> None:
         if not isinstance(max_len, int):
             continue
         where, on = f"models.{m}.max_len={max_len}", f" (on {lang})" if lang else ""
-        needs = [(f"{phase}.data.max_length (training sequences)", cfg.data.max_length, [])]
+        # a tasks study draws its own examples (their length is in _needs), not [data]'s
+        needs = [] if isinstance(ex.study, Tasks) else [
+            (f"{phase}.data.max_length (training sequences)", cfg.data.max_length, [])]
         for what, tokens, samples in needs + _needs(ex, lang):
             if tokens > max_len:
                 chk.bad(f"{where} is shorter than {what}: {tokens} tokens{on}",

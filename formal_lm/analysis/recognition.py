@@ -21,8 +21,7 @@ import numpy as np
 
 from formal_lm.analysis import measures as M
 from formal_lm.errors import FormalLMError, Problem
-
-KINDS = ("positive", "negative", "near_miss")
+from formal_lm.tasks.recognition import KINDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,6 @@ from formal_lm.tasks.encoding import TaskVocab, answers, encode, width
 TASK_KEYS = {"transduction", "recognize", "negatives", "lm_weight", "ns_weight"}
 LENGTH_KEYS = {"train", "test", "test_step", "per_length"}
 NEGATIVES = ("uniform", "near_miss", "both")
-END = "=end"  # the terminal symbol of padded answers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +199,8 @@ def answer_accuracy(model, vocab: TaskVocab, examples) -> np.ndarray:
     first = vocab.first_output
     right = answers(vocab, tgt, first + np.argmax(logits[..., first:], axis=-1))
     scored = tgt >= first
-    if END in vocab.outputs:
-        is_end = tgt == vocab.vocab.id(END)
+    if trd.END in vocab.outputs:
+        is_end = tgt == vocab.vocab.id(trd.END)
         scored &= (np.cumsum(is_end, axis=1) - is_end) == 0  # nothing after the first =end
     return (right & scored).sum(1) / scored.sum(1)
 

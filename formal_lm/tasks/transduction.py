@@ -48,14 +48,12 @@ String = tuple[str, ...]
 MAX_LENGTH = 10_000
 """The longest input length a task accepts (the paper tests up to 500)."""
 
-BITS = ("0", "1")
-MODULUS = 5
-NUMBERS = tuple(str(i) for i in range(MODULUS))
+BITS, END = numbers.BITS, numbers.END
+MODULUS, NUMBERS = brackets.MODULUS, brackets.DIGITS
 OPERATORS = ("+", "-", "*")
 ACTIONS = ("POP", "PUSH0", "PUSH1")
 STEPS = ("-1", "0", "+1")
 MISSING, BLANK = "?", "#"
-END = "=end"
 
 
 def _out(symbols) -> String:

@@ -27,6 +27,7 @@ its baselines (``analysis.recognition``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -75,10 +76,16 @@ class Task:
     def kind(self) -> str:
         return "transduction" if self.transduction else "recognition"
 
+    @functools.cached_property
+    def lang(self):
+        """The recognized language, loaded once per task (its samplers' caches live on it);
+        None for a transduction task."""
+        return load(self.language) if self.language else None
+
     def vocab(self) -> TaskVocab:
         if self.transduction:
             return trd.task(self.transduction).vocab
-        return rec.vocab(load(self.language))
+        return rec.vocab(self.lang)
 
     def chomsky(self) -> str:
         return trd.task(self.transduction).chomsky if self.transduction else "-"
@@ -175,14 +182,14 @@ def task_data(task: Task, lengths: Lengths, batch_size: int, eval_size: int,
         draw = transduction_draw(task.transduction, lo, hi)
         name = task.transduction
     else:
-        draw = recognition_draw(load(task.language), lo, hi, task.negatives)
-        name = f"recognize {load(task.language).name} ({task.negatives})"
+        draw = recognition_draw(task.lang, lo, hi, task.negatives)
+        name = f"recognize {task.lang.name} ({task.negatives})"
     facts = {"train_lengths": list(lengths.train)}
     if task.language:
-        facts["language"] = load(task.language).fingerprint()
+        facts["language"] = task.lang.fingerprint()
     return TaskData(name, task.vocab(), draw, batch_size, task.max_tokens(hi),
                     eval_size=eval_size, lm_weight=task.lm_weight, bucket=bucket, facts=facts,
-                    language=load(task.language) if task.language else None,
+                    language=task.lang,
                     next_symbol_weight=task.ns_weight)
 
 
@@ -236,7 +243,7 @@ def _test_examples(task: Task, n: int, count: int, seed: int):
     s = derive(seed, Stream.TASK, -3, n)
     if task.transduction:
         return trd.task(task.transduction).sample(n, count, s)
-    lang = load(task.language)
+    lang = task.lang
     out = []
     for j, negative in enumerate(("uniform", "near_miss")):
         # each set its own seed: with one seed both sets held the same positives
@@ -268,7 +275,7 @@ def scoring_sets(task: Task, lengths: Lengths, seed: int) -> ScoringSets:
                                                            4 * per)
         return ScoringSets(ind, by)
     ind = [x for n in range(lo, hi + 1) for x in _test_examples(task, n, max(2, per // 4), seed)]
-    train = recognition_draw(load(task.language), lo, hi, task.negatives)(
+    train = recognition_draw(task.lang, lo, hi, task.negatives)(
         derive(seed, Stream.TASK, -4), 1024)
     return ScoringSets(ind, by, train)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from formal_lm.errors import FormalLMError, Problem
 from formal_lm.seeding import SHARED, Stream, derive
-from formal_lm.tasks.encoding import TaskVocab, encode
+from formal_lm.tasks.encoding import TaskVocab, encode, width
 from formal_lm.tasks.recognition import ACCEPT
 from formal_lm.training.data import Validation, bucket_length, digest
 from formal_lm.vocab import EOS_ID, PAD_ID
@@ -106,9 +106,9 @@ class TaskData:
         self._last: tuple | None = None
         self._validation: Validation | None = None
 
-    def _encoded(self, examples, T: int | None = None):
+    def _encoded(self, examples):
         lm = [self.lm_weight > 0 and y == ACCEPT for _, y in examples]
-        return encode(self.task_vocab, examples, length=T, lm=lm)
+        return encode(self.task_vocab, examples, lm=lm)
 
     def _batch(self, seed: int, step: int):
         self._last_examples(seed, step)
@@ -139,8 +139,8 @@ class TaskData:
     def validation(self) -> Validation:
         if self._validation is None:
             examples = self.draw(derive(SHARED, Stream.VAL), self.eval_size)
-            ids, _ = encode(self.task_vocab, examples)
-            T = bucket_length(ids.shape[1], self.bucket, max(self.max_tokens, ids.shape[1]))
+            widest = max(width(len(x), len(y)) for x, y in examples)
+            T = bucket_length(widest, self.bucket, max(self.max_tokens, widest))
             ids, tgt = encode(self.task_vocab, examples, length=T)  # answers only
             self._validation = Validation(ids, one_hot_rows(tgt, self.vocab_size), None, 0.0,
                                           tgt)

@@ -269,8 +269,9 @@ class Programs:
         if rows_axis is not None:  # each rows shard draws its own dropout masks
             k1 = jax.random.fold_in(k1, jax.lax.axis_index(rows_axis))
         counts = sum(self._counts(part["tgt"]) for part in batch)  # [C]
-        ns_n = sum(jnp.sum((part["ns"] != 0)[..., None] & self.ns_tokens, dtype=jnp.float32)
-                   for part in batch) if self.ns_weight else jnp.float32(0.0)
+        # scored (position, token) pairs: every position with a bitmask scores each ns token
+        ns_n = (sum(jnp.sum(part["ns"] != 0, dtype=jnp.float32) for part in batch)
+                * jnp.sum(self.ns_tokens, dtype=jnp.float32)) if self.ns_weight else jnp.float32(0.0)
         if rows_axis is not None:  # every shard weighs its targets by the global counts
             counts, ns_n = jax.lax.psum((counts, ns_n), rows_axis)
         n = jnp.maximum(jnp.sum(counts), 1.0)
